@@ -1,0 +1,182 @@
+"""Command line: ``python -m benchmark list | run | table``.
+
+Run ``python -m benchmark <command> --help`` for the options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from benchmark.config import PRESETS, ConfigError, parse_overrides
+
+__all__ = ["main"]
+
+
+def default_data_root() -> Path:
+    """``$BENCHMARK_DATA_ROOT``, else ``$XDG_CACHE_HOME/surf-benchmark/data`` (``~/.cache``)."""
+    if os.environ.get("BENCHMARK_DATA_ROOT"):
+        return Path(os.environ["BENCHMARK_DATA_ROOT"]).expanduser()
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "surf-benchmark" / "data"
+
+
+def default_results_dir() -> Path:
+    """``$BENCHMARK_RESULTS_DIR``, else ``results/``."""
+    return Path(os.environ.get("BENCHMARK_RESULTS_DIR", "results")).expanduser()
+
+
+def _csv_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in _csv_list(text)]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--seeds takes integers like 0,1,2: {text!r}") from exc
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from benchmark.registry import get_method, get_task, method_names, task_names
+
+    print("methods:")
+    for name in method_names():
+        cls = get_method(name)
+        tags = ["unsupervised" if cls.unsupervised else "supervised"]
+        if cls.generative:
+            tags.append("generative")
+        if cls.teacher_method:
+            tags.append(f"starts from {cls.teacher_method}")
+        print(f"  {name:<16} {cls.display_name:<28} ({', '.join(tags)})")
+    print("tasks:")
+    for name in task_names():
+        print(f"  {name:<16} {get_task(name).display_name}")
+    print("presets:")
+    for name, spec in PRESETS.items():
+        print(f"  {name:<16} {spec['description']}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import torch
+
+    from benchmark.registry import method_names
+    from benchmark.runner import execute_plan, plan_runs, prepare_runs
+
+    methods = _csv_list(args.methods)
+    if methods == ["all"]:
+        methods = method_names()
+    overrides = parse_overrides(args.set or [])
+    runs = plan_runs(methods, args.task, args.seeds, args.preset, overrides, args.results_dir)
+    todo = prepare_runs(runs, retry_failed=args.retry_failed)
+    device = args.device
+    has_cuda = torch.cuda.is_available()
+    device_label = device if device != "auto" else ("cuda" if has_cuda else "cpu")
+    if args.preset == "paper" and device_label == "cpu" and todo:
+        print(
+            "WARNING: preset 'paper' trains ~16M-parameter NCSN++ networks for 200k-400k "
+            "iterations at batch 256; without CUDA this takes weeks. For a real run on a CPU "
+            "use --preset cpu (or --preset smoke to check the pipeline).",
+            file=sys.stderr,
+        )
+    skipped = {r.state for r in runs if r not in todo}
+    steps = ", ".join(
+        f"{r.config.method}={r.config.train.steps}" for r in runs if r.config.method != "mixture"
+    )
+    print(
+        f"benchmark run: task={args.task} preset={args.preset} device={device_label} "
+        f"executor={args.executor} | {len(runs)} runs ({len(runs) - len(todo)} finished, "
+        f"{len(todo)} to run) | steps: {steps} | results: {args.results_dir}",
+        flush=True,
+    )
+    failed_skipped = [r for r in runs if r not in todo and r.state in ("failed", "diverged")]
+    for run in failed_skipped:
+        print(f"  skipped {run.state} run {run.label} ({run.run_dir}); use --retry-failed")
+    del skipped
+    if not todo:
+        print("nothing to do: every run is finished. `python -m benchmark table` shows them.")
+        return 0
+    counts = execute_plan(
+        todo, args.executor, args.data_root, args.results_dir, device, args.max_parallel
+    )
+    summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    print(f"finished: {summary}. `python -m benchmark table --task {args.task}` shows results.")
+    return 0 if set(counts) <= {"done"} else 1
+
+
+def _cmd_table(args: argparse.Namespace) -> int:
+    from benchmark.tables import render_table
+
+    print(render_table(args.results_dir, task=args.task, fmt=args.format, preset=args.preset))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m benchmark``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmark",
+        description="Benchmark harness for unsupervised single-channel source separation.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_list = sub.add_parser("list", help="registered methods, tasks and presets")
+    p_list.set_defaults(func=_cmd_list)
+
+    p_run = sub.add_parser("run", help="train and evaluate methods on a task")
+    p_run.add_argument(
+        "--methods", required=True, help="comma-separated method names, or 'all' (see `list`)"
+    )
+    p_run.add_argument("--task", required=True, help="task name (see `list`)")
+    p_run.add_argument(
+        "--preset",
+        default="paper",
+        choices=sorted(PRESETS),
+        help="scale of the run (default: paper)",
+    )
+    p_run.add_argument("--seeds", type=_seeds, default=[0], help="comma-separated seeds")
+    p_run.add_argument(
+        "--set",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="override config fields, e.g. train.steps=500 surf.ema_decay=0.99; "
+        "prefix with METHOD: to target one method (mixit:train.steps=3000)",
+    )
+    p_run.add_argument(
+        "--executor",
+        default="local",
+        choices=["local", "debug"],
+        help="submitit executor: local subprocess jobs or in-process debug",
+    )
+    p_run.add_argument("--results-dir", type=Path, default=default_results_dir())
+    p_run.add_argument("--data-root", type=Path, default=default_data_root())
+    p_run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p_run.add_argument(
+        "--max-parallel", type=int, default=1, help="local jobs running at once (default 1)"
+    )
+    p_run.add_argument(
+        "--retry-failed", action="store_true", help="also re-run runs that failed or diverged"
+    )
+    p_run.set_defaults(func=_cmd_run)
+
+    p_table = sub.add_parser("table", help="paper-style results table")
+    p_table.add_argument("--task", default=None, help="only this task")
+    p_table.add_argument("--preset", default=None, help="only this preset")
+    p_table.add_argument("--format", default="md", choices=["md", "latex", "csv"])
+    p_table.add_argument("--results-dir", type=Path, default=default_results_dir())
+    p_table.set_defaults(func=_cmd_table)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit code. Errors print one clear line, exit 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (KeyError, ConfigError, FileNotFoundError, ValueError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        print(f"error: {message}", file=sys.stderr)
+        return 2

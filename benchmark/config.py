@@ -1,0 +1,466 @@
+"""Run configuration: dataclasses, presets and ``--set key=value`` overrides.
+
+A run is fully described by a :class:`RunConfig`. Presets fill it with values for a scale
+(``smoke``, ``cpu``, ``paper``), per method where methods differ; ``--set`` overrides any field
+by dotted path (``train.steps=500``, ``surf.ema_decay=0.99``, ``net.ch_mult=1,2,2``). A method
+may be targeted alone with a ``method:`` prefix (``mixit:train.steps=3000``).
+
+The identity of a run (its results-store address) is a hash of the config sections the method
+actually reads (see ``Method.config_sections``), so changing ``surf.*`` never invalidates a MixIT
+teacher.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
+
+from benchmark import CODE_VERSION
+
+__all__ = [
+    "PRESETS",
+    "ConfigError",
+    "EvalConfig",
+    "MixITConfig",
+    "NetConfig",
+    "RemixConfig",
+    "RunConfig",
+    "SurfConfig",
+    "TaskConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "config_hash",
+    "parse_overrides",
+    "resolve_config",
+    "to_dict",
+]
+
+
+class ConfigError(ValueError):
+    """A preset, override or config value is invalid; the message says how to fix it."""
+
+
+@dataclass
+class TaskConfig:
+    """Task settings.
+
+    Attributes:
+        name: registered task name (``mnist``, ``cifar10``).
+        num_sources: K, sources per evaluation/training mixture.
+        seed: task seed for the fixed evaluation set, independent of the method seed.
+        eval_mixtures: number of evaluation mixtures (5,000 in SURF/BASIS).
+    """
+
+    name: str = "mnist"
+    num_sources: int = 2
+    seed: int = 1234
+    eval_mixtures: int = 5000
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings (Adam).
+
+    Attributes:
+        steps: training iterations.
+        batch_size: B, mixtures per iteration.
+        lr: Adam learning rate.
+        warmup_steps: linear learning-rate warm-up iterations.
+        grad_clip: gradient-norm clip (0 disables).
+        ckpt_every: iterations between checkpoints (also written on exit and at the end).
+        log_every: iterations between training-curve records.
+    """
+
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 2e-4
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    ckpt_every: int = 500
+    log_every: int = 25
+
+
+@dataclass
+class NetConfig:
+    """NCSN++-style U-Net size (SURF Table 6 in ``paper``)."""
+
+    nf: int = 64
+    ch_mult: tuple[int, ...] = (1, 2, 2, 2)
+    num_res_blocks: int = 4
+    attn_resolutions: tuple[int, ...] = (16, 8)
+    dropout: float = 0.1
+    fourier_scale: float = 16.0
+
+
+@dataclass
+class MixITConfig:
+    """MixIT settings (Wisdom et al. 2020; sparse/efficient MixIT 2021).
+
+    Attributes:
+        num_outputs: M separator outputs (4).
+        loss: ``"mse"`` squared error (SURF D.4) or ``"snr"`` thresholded SNR (eq. 2).
+        snr_max: SNR_max in dB for ``loss="snr"``.
+        single_source_prob: probability that a reference mixture holds one image instead of K
+            (0.5: mixtures of mixtures hold 2/3/4 images at 25/50/25 %, SURF D.4).
+    """
+
+    num_outputs: int = 4
+    loss: str = "mse"
+    snr_max: float = 30.0
+    single_source_prob: float = 0.5
+
+
+@dataclass
+class RemixConfig:
+    """ReMixIT / Self-Remixing settings (SURF §2.3).
+
+    Attributes:
+        ema_decay: alpha of the EMA teacher update.
+    """
+
+    ema_decay: float = 0.999
+
+
+@dataclass
+class SurfConfig:
+    """SURF settings (SURF §3, Algorithm 1, Appendix D.3).
+
+    Attributes:
+        ema_decay: alpha of the EMA teacher, ``theta_T <- alpha theta_T + (1 - alpha) theta``.
+        beta: hybrid-teacher threshold: ``"linear"`` for the paper's schedule (1 -> 0 over
+            ``beta_decay_steps``), or a constant in [0, 1] as a string or number (Table 9).
+        beta_decay_steps: iterations of the linear beta decay (200k in the paper).
+        euler_steps: Euler steps of the teacher sampler (5).
+        noise_scale: sigma of the initial state's Gaussian (eq. 4 uses 1).
+        t_sampling: ``"batch"`` (one t per iteration, as Algorithm 2 line 11 and Code Listing 1)
+            or ``"sample"`` (one t per mixture).
+        init_from_mixit: initialise student and EMA teacher from the MixIT network's
+            shape-matching weights (everything but the input/output convolutions and the time
+            embedding, which the regression network does not have).
+    """
+
+    ema_decay: float = 0.999
+    beta: str = "linear"
+    beta_decay_steps: int = 200_000
+    euler_steps: int = 5
+    noise_scale: float = 1.0
+    t_sampling: str = "batch"
+    init_from_mixit: bool = True
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation settings.
+
+    Attributes:
+        batch_size: mixtures per forward pass.
+        model: which weights to evaluate for methods with an EMA teacher: ``"ema"`` (the EMA
+            teacher theta_T) or ``"student"`` (theta).
+        euler_steps: Euler steps when sampling a flow model (5).
+    """
+
+    batch_size: int = 250
+    model: str = "ema"
+    euler_steps: int = 5
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines one run (method x task x seed x settings)."""
+
+    method: str = "mixit"
+    seed: int = 0
+    preset: str = "paper"
+    task: TaskConfig = field(default_factory=TaskConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    net: NetConfig = field(default_factory=NetConfig)
+    mixit: MixITConfig = field(default_factory=MixITConfig)
+    remix: RemixConfig = field(default_factory=RemixConfig)
+    surf: SurfConfig = field(default_factory=SurfConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    teacher: str = ""  # hash of the MixIT run this run starts from ("" when none)
+    overrides: tuple[str, ...] = ()  # the user's --set values, for labelling table rows
+
+
+# --------------------------------------------------------------------------------------------
+# Presets. Keys are dotted paths; "methods" holds per-method values on top of the common ones.
+# --------------------------------------------------------------------------------------------
+
+_SMOKE_NET = {
+    "net.nf": 8,
+    "net.ch_mult": (1, 2),
+    "net.num_res_blocks": 1,
+    "net.attn_resolutions": (),
+    "net.dropout": 0.0,
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "description": "seconds per method on 2 CPU cores; exercises every code path (tests)",
+        "common": {
+            **_SMOKE_NET,
+            "task.eval_mixtures": 32,
+            "train.steps": 6,
+            "train.batch_size": 8,
+            "train.lr": 1e-3,
+            "train.ckpt_every": 3,
+            "train.log_every": 2,
+            "eval.batch_size": 32,
+            "surf.beta_decay_steps": 4,
+            "surf.euler_steps": 2,
+            "eval.euler_steps": 2,
+            "remix.ema_decay": 0.9,
+            "surf.ema_decay": 0.9,
+        },
+        "methods": {},
+    },
+    "cpu": {
+        "description": "a real but small run: all five image methods on 2 CPU cores in < 60 min",
+        "common": {
+            "net.nf": 32,
+            "net.ch_mult": (1, 2, 2),
+            "net.num_res_blocks": 1,
+            "net.attn_resolutions": (8,),
+            "net.dropout": 0.0,
+            "task.eval_mixtures": 500,
+            "train.batch_size": 32,
+            "train.lr": 1e-3,
+            "train.warmup_steps": 50,
+            "train.ckpt_every": 200,
+            "train.log_every": 25,
+            "eval.batch_size": 250,
+            "remix.ema_decay": 0.99,
+            "surf.ema_decay": 0.99,
+        },
+        "methods": {
+            "mixit": {"train.steps": 1500},
+            "remixit": {"train.steps": 500},
+            "self_remixing": {"train.steps": 500},
+            "surf_rm": {"train.steps": 1200, "surf.beta_decay_steps": 800},
+            "surf_sr": {"train.steps": 1200, "surf.beta_decay_steps": 800},
+        },
+    },
+    "paper": {
+        "description": "SURF Table 6 / Appendix D values (NCSN++ ~30M params, B=256, 5-step Euler)",
+        "common": {
+            "net.nf": 64,
+            "net.ch_mult": (1, 2, 2, 2),
+            "net.num_res_blocks": 4,
+            "net.attn_resolutions": (16, 8),
+            "net.dropout": 0.1,
+            "task.eval_mixtures": 5000,
+            "train.batch_size": 256,
+            "train.lr": 2e-4,
+            "train.warmup_steps": 5000,
+            "train.ckpt_every": 5000,
+            "train.log_every": 100,
+            "eval.batch_size": 500,
+            "remix.ema_decay": 0.999,
+            "surf.ema_decay": 0.999,
+            "surf.beta_decay_steps": 200_000,
+        },
+        "methods": {
+            "mixit": {"train.steps": 200_000},
+            "remixit": {"train.steps": 200_000},
+            "self_remixing": {"train.steps": 200_000},
+            "surf_rm": {"train.steps": 400_000},
+            "surf_sr": {"train.steps": 400_000},
+        },
+    },
+}
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def to_dict(cfg: Any) -> Any:
+    """Plain JSON-able dict of a (nested) dataclass; tuples become lists."""
+    if is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    return cfg
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    """Inverse of :func:`to_dict` for :class:`RunConfig`."""
+    cfg = RunConfig()
+    for key, value in data.items():
+        if isinstance(value, dict):
+            section = getattr(cfg, key)
+            for sub_key, sub_value in value.items():
+                _set_field(section, sub_key, sub_value, f"{key}.{sub_key}")
+        else:
+            _set_field(cfg, key, value, key)
+    return cfg
+
+
+def _field_type(obj: Any, name: str) -> Any:
+    hints = typing.get_type_hints(type(obj))
+    return hints[name]
+
+
+def _coerce(value: Any, typ: Any, path: str) -> Any:
+    origin = typing.get_origin(typ)
+    if origin is tuple:
+        (item_type, *_rest) = typing.get_args(typ) or (str,)
+        if isinstance(value, str):
+            parts = [p for p in value.replace("(", "").replace(")", "").split(",") if p.strip()]
+        else:
+            parts = list(value)
+        return tuple(_coerce(p, item_type, path) for p in parts)
+    try:
+        if typ is bool:
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if typ is int:
+            if isinstance(value, str):
+                return int(float(value)) if "e" in value.lower() else int(value)
+            return int(value)
+        if typ is float:
+            return float(value)
+        if typ is str:
+            return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read {value!r} as {typ.__name__}") from exc
+    return value
+
+
+def _set_field(obj: Any, name: str, value: Any, path: str) -> None:
+    valid = [f.name for f in fields(obj)]
+    if name not in valid:
+        raise ConfigError(f"unknown config field {path!r}; valid fields here: {valid}")
+    setattr(obj, name, _coerce(value, _field_type(obj, name), path))
+
+
+def set_path(cfg: RunConfig, path: str, value: Any) -> None:
+    """Set a dotted config path, e.g. ``set_path(cfg, "train.steps", "500")``.
+
+    Raises:
+        ConfigError: unknown section or field (the message lists the valid ones) or a value
+            that cannot be converted to the field's type.
+    """
+    parts = path.split(".")
+    if len(parts) == 1:
+        _set_field(cfg, parts[0], value, path)
+        return
+    if len(parts) != 2:
+        raise ConfigError(f"config path {path!r} must look like section.field (e.g. train.steps)")
+    section_name, name = parts
+    sections = [f.name for f in fields(cfg) if is_dataclass(getattr(cfg, f.name))]
+    if section_name not in sections:
+        raise ConfigError(f"unknown config section {section_name!r}; valid sections: {sections}")
+    _set_field(getattr(cfg, section_name), name, value, path)
+
+
+def parse_overrides(items: list[str] | tuple[str, ...]) -> list[tuple[str | None, str, str]]:
+    """Parse ``--set`` items ``[method:]section.field=value`` into triples.
+
+    Raises:
+        ConfigError: an item without ``=``.
+    """
+    parsed = []
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set train.steps=500")
+        key, value = item.split("=", 1)
+        method = None
+        if ":" in key:
+            method, key = key.split(":", 1)
+        parsed.append((method, key.strip(), value.strip()))
+    return parsed
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[tuple[str | None, str, str]]) -> None:
+    """Apply parsed overrides to ``cfg`` in place (method-prefixed ones only to that method)."""
+    for method, key, value in overrides:
+        if method is None or method == cfg.method:
+            set_path(cfg, key, value)
+
+
+def resolve_config(
+    method: str,
+    task: str,
+    seed: int,
+    preset: str,
+    overrides: list[tuple[str | None, str, str]] | None = None,
+) -> RunConfig:
+    """Build the :class:`RunConfig` of one run: defaults, then preset, then overrides.
+
+    Raises:
+        ConfigError: unknown preset (the message lists the valid ones) or bad override.
+    """
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; valid presets: {sorted(PRESETS)}")
+    cfg = RunConfig(method=method, seed=seed, preset=preset)
+    cfg.task.name = task
+    spec = PRESETS[preset]
+    for key, value in spec["common"].items():
+        set_path(cfg, key, value)
+    for key, value in spec["methods"].get(method, {}).items():
+        set_path(cfg, key, value)
+    overrides = overrides or []
+    apply_overrides(cfg, overrides)
+    cfg.overrides = tuple(
+        f"{key}={value}" for m, key, value in overrides if m is None or m == method
+    )
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    """Check value ranges; raise :class:`ConfigError` with the fix."""
+    if cfg.train.steps < 0:
+        raise ConfigError(f"train.steps must be >= 0, got {cfg.train.steps}")
+    if cfg.train.batch_size < 1:
+        raise ConfigError(f"train.batch_size must be >= 1, got {cfg.train.batch_size}")
+    for name in ("remix", "surf"):
+        alpha = getattr(cfg, name).ema_decay
+        if not 0.0 <= alpha <= 1.0:
+            raise ConfigError(f"{name}.ema_decay (alpha) must be in [0, 1], got {alpha}")
+    if cfg.surf.beta != "linear":
+        try:
+            beta = float(cfg.surf.beta)
+        except ValueError as exc:
+            raise ConfigError(
+                f"surf.beta must be 'linear' or a number in [0, 1], got {cfg.surf.beta!r}"
+            ) from exc
+        if not 0.0 <= beta <= 1.0:
+            raise ConfigError(f"surf.beta must be in [0, 1], got {beta}")
+    if cfg.surf.t_sampling not in ("batch", "sample"):
+        raise ConfigError(f"surf.t_sampling must be 'batch' or 'sample', got {cfg.surf.t_sampling}")
+    if cfg.eval.model not in ("ema", "student"):
+        raise ConfigError(f"eval.model must be 'ema' or 'student', got {cfg.eval.model!r}")
+    if cfg.mixit.loss not in ("mse", "snr"):
+        raise ConfigError(f"mixit.loss must be 'mse' or 'snr', got {cfg.mixit.loss!r}")
+
+
+def identity_dict(cfg: RunConfig, sections: tuple[str, ...]) -> dict[str, Any]:
+    """The part of a config that defines a run's identity (method, seed, listed sections)."""
+    data = {"code_version": CODE_VERSION, "method": cfg.method, "seed": cfg.seed}
+    for name in sections:
+        data[name] = to_dict(getattr(cfg, name))
+    return data
+
+
+def config_hash(cfg: RunConfig, sections: tuple[str, ...]) -> str:
+    """Stable 16-hex-digit hash of :func:`identity_dict` (the results-store address)."""
+    blob = json.dumps(identity_dict(cfg, sections), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def replace(cfg: RunConfig, **changes: Any) -> RunConfig:
+    """Deep copy of ``cfg`` with top-level fields replaced."""
+    new = from_dict(to_dict(cfg))
+    for key, value in changes.items():
+        setattr(new, key, value)
+    return dataclasses.replace(new)

@@ -1,0 +1,348 @@
+"""The job every run executes (locally, in-process or on a cluster through submitit):
+build task and method, train with periodic checkpoints (resuming from the last one), evaluate on
+the fixed evaluation set, and write metrics, per-mixture scores and metadata to the run folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from benchmark import CODE_VERSION
+from benchmark.config import RunConfig, from_dict
+from benchmark.registry import get_method, get_task
+from benchmark.store import (
+    atomic_torch_save,
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_parquet,
+    read_json,
+    write_status,
+)
+
+__all__ = ["Diverged", "execute_run", "load_trained_method", "pick_device"]
+
+log = logging.getLogger("benchmark")
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; otherwise ``torch.device(name)``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _git_commit() -> str:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "torchvision", "numpy", "scikit-image", "submitit", "pandas"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def _setup_logging(run_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / "log.txt")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    return handler
+
+
+def load_config(run_dir: Path) -> RunConfig:
+    """The :class:`RunConfig` stored in ``run_dir/config.json``."""
+    data = read_json(Path(run_dir) / "config.json")
+    if data is None:
+        raise FileNotFoundError(f"no config.json in {run_dir}")
+    return from_dict(data["config"])
+
+
+def load_trained_method(run_dir: Path, data_root: Path, device: torch.device, task=None):
+    """Rebuild a finished run's method with its final weights (e.g. a MixIT teacher).
+
+    Raises:
+        FileNotFoundError: the run has no ``model.pt`` (not finished).
+    """
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir)
+    weights = run_dir / "model.pt"
+    if not weights.is_file():
+        raise FileNotFoundError(f"teacher run {run_dir} has no final weights (model.pt)")
+    task = task or get_task(cfg.task.name)(cfg.task, data_root).to(device)
+    teacher = None
+    info = read_json(run_dir / "config.json")
+    if info.get("teacher_dir"):
+        teacher = load_trained_method(Path(info["teacher_dir"]), data_root, device, task)
+    method = get_method(cfg.method)(cfg, task, device)
+    method.setup(teacher)
+    state = torch.load(weights, map_location=device, weights_only=True)
+    for name, module in method.modules().items():
+        module.load_state_dict(state[name])
+    method.eval_mode()
+    return method
+
+
+class _Progress:
+    """tqdm bar when attached to a terminal; always a ``progress.json`` for the parent."""
+
+    def __init__(self, run_dir: Path, total: int, start: int, desc: str) -> None:
+        self.run_dir = run_dir
+        self.total = total
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, desc=desc, dynamic_ncols=True)
+        self.last_write = 0.0
+
+    def update(self, step: int, phase: str, **info: Any) -> None:
+        if self.bar is not None:
+            self.bar.n = step
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in info.items()}, refresh=True)
+        now = time.time()
+        if now - self.last_write > 1.0 or step >= self.total:
+            atomic_write_json(
+                self.run_dir / "progress.json",
+                {"phase": phase, "step": step, "total": self.total, **info},
+            )
+            self.last_write = now
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _checkpoint(path: Path, method, step: int, generator, curve, train_time: float) -> None:
+    state = {
+        "step": step,
+        "modules": {n: m.state_dict() for n, m in method.modules().items()},
+        "optimizer": method.optimizer.state_dict() if method.optimizer else None,
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "curve": curve,
+        "extra": method.extra_state(),
+        "train_time": train_time,
+    }
+    atomic_torch_save(path / "checkpoint.pt", state)
+
+
+def _train(method, cfg: RunConfig, run_dir: Path, device: torch.device) -> tuple[list, float]:
+    steps = cfg.train.steps
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    curve: list[dict[str, float]] = []
+    start, train_time = 0, 0.0
+    ckpt_path = run_dir / "checkpoint.pt"
+    if ckpt_path.is_file():
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        for name, module in method.modules().items():
+            module.load_state_dict(state["modules"][name])
+        if method.optimizer is not None and state["optimizer"] is not None:
+            method.optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        method.load_extra_state(state["extra"])
+        start, curve, train_time = state["step"], state["curve"], state["train_time"]
+        log.info("resumed from checkpoint at step %d/%d", start, steps)
+    if start >= steps:
+        return curve, train_time
+    progress = _Progress(run_dir, steps, start, f"{cfg.method} train")
+    method.train_mode()
+    window: dict[str, list[float]] = {}
+    t0 = time.time()
+    try:
+        for step in range(start, steps):
+            if cfg.train.warmup_steps > 0:
+                scale = min(1.0, (step + 1) / cfg.train.warmup_steps)
+                for group in method.optimizer.param_groups:
+                    group["lr"] = cfg.train.lr * scale
+            logs = method.train_step(step, generator)
+            if not math.isfinite(logs["loss"]):
+                raise Diverged(f"loss became {logs['loss']} at step {step}")
+            for key, value in logs.items():
+                window.setdefault(key, []).append(value)
+            done = step + 1
+            if done % cfg.train.log_every == 0 or done == steps:
+                record = {"step": done, **{k: sum(v) / len(v) for k, v in window.items()}}
+                record["time"] = train_time + time.time() - t0
+                curve.append(record)
+                window = {}
+                progress.update(done, "train", loss=record["loss"])
+            if done % cfg.train.ckpt_every == 0 and done < steps:
+                _checkpoint(run_dir, method, done, generator, curve, train_time + time.time() - t0)
+                atomic_write_csv(run_dir / "curve.csv", pd.DataFrame(curve))
+    finally:
+        progress.close()
+    train_time += time.time() - t0
+    _checkpoint(run_dir, method, steps, generator, curve, train_time)
+    atomic_write_csv(run_dir / "curve.csv", pd.DataFrame(curve))
+    return curve, train_time
+
+
+@torch.no_grad()
+def evaluate(method, task, cfg: RunConfig, run_dir: Path | None = None) -> pd.DataFrame:
+    """Separate the fixed evaluation set and score it.
+
+    The sampling noise of generative methods is seeded by the method seed, so evaluation is
+    reproducible; the mixtures themselves depend only on the task seed.
+
+    Returns:
+        Per-mixture scores (see the task's ``score``).
+    """
+    method.eval_mode()
+    data = task.eval_set()
+    generator = torch.Generator(device=method.device).manual_seed(10_000 + cfg.seed)
+    estimates = []
+    total = data.mixtures.shape[0]
+    progress = _Progress(run_dir, total, 0, f"{cfg.method} eval") if run_dir else None
+    for begin in range(0, total, cfg.eval.batch_size):
+        batch = data.mixtures[begin : begin + cfg.eval.batch_size].to(method.device)
+        estimates.append(method.separate(batch, generator).float().cpu())
+        if progress:
+            progress.update(min(begin + cfg.eval.batch_size, total), "eval")
+    if progress:
+        progress.close()
+    estimates_t = torch.cat(estimates)
+    return task.score(estimates_t, data.sources.cpu(), data.mixtures.cpu())
+
+
+def execute_run(run_dir: str, data_root: str, device: str = "auto") -> dict[str, Any]:
+    """Train (or resume) and evaluate one planned run; record everything in ``run_dir``.
+
+    The run's status ends as ``done``, ``diverged`` (NaN/inf loss) or ``failed`` (any other
+    exception, with its traceback); ``interrupted`` on Ctrl-C. Exceptions are re-raised after
+    being recorded so the executor sees the failure too.
+
+    Args:
+        run_dir: the run folder (holding ``config.json``) prepared by the runner.
+        data_root: dataset root folder.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``, ...
+
+    Returns:
+        The metrics dict also written to ``metrics.json``.
+    """
+    path = Path(run_dir)
+    handler = _setup_logging(path)
+    job_id = os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID") or ""
+    started = time.time()
+    try:
+        dev = pick_device(device)
+        info = read_json(path / "config.json")
+        cfg = from_dict(info["config"])
+        write_status(path, "running", job_id=job_id, pid=os.getpid(), host=platform.node())
+        torch.manual_seed(cfg.seed)
+        log.info(
+            "run %s: %s on %s, seed %d, preset %s, device %s",
+            path.name,
+            cfg.method,
+            cfg.task.name,
+            cfg.seed,
+            cfg.preset,
+            _device_name(dev),
+        )
+        task = get_task(cfg.task.name)(cfg.task, Path(data_root)).to(dev)
+        method_cls = get_method(cfg.method)
+        teacher = None
+        if info.get("teacher_dir"):
+            teacher = load_trained_method(Path(info["teacher_dir"]), Path(data_root), dev, task)
+        method = method_cls(cfg, task, dev)
+        method.setup(teacher)
+        curve, train_time = [], 0.0
+        if not method_cls.reference_only and cfg.train.steps > 0:
+            curve, train_time = _train(method, cfg, path, dev)
+            atomic_torch_save(
+                path / "model.pt", {n: m.state_dict() for n, m in method.modules().items()}
+            )
+        t_eval = time.time()
+        scores = evaluate(method, task, cfg, path)
+        eval_time = time.time() - t_eval
+        atomic_write_parquet(path / "scores.parquet", scores)
+        metric_names = list(task.metrics)
+        metrics: dict[str, Any] = {m: float(scores[m].mean()) for m in metric_names}
+        metrics.update({f"{m}_std_over_mixtures": float(scores[m].std()) for m in metric_names})
+        metrics.update(
+            n_mixtures=int(len(scores)),
+            train_time_s=train_time,
+            eval_time_s=eval_time,
+            final_loss=curve[-1]["loss"] if curve else None,
+        )
+        atomic_write_json(path / "metrics.json", metrics)
+        atomic_write_json(
+            path / "meta.json",
+            {
+                "git_commit": _git_commit(),
+                "code_version": CODE_VERSION,
+                "versions": _versions(),
+                "device": _device_name(dev),
+                "host": platform.node(),
+                "wall_time_s": time.time() - started,
+                "job_id": job_id,
+            },
+        )
+        write_status(path, "done", job_id=job_id, wall_time_s=time.time() - started)
+        log.info("done: %s", {m: round(metrics[m], 4) for m in metric_names})
+        return metrics
+    except Diverged as exc:
+        write_status(path, "diverged", job_id=job_id, error=str(exc))
+        log.error("diverged: %s", exc)
+        raise
+    except KeyboardInterrupt:
+        write_status(path, "interrupted", job_id=job_id, error="interrupted (Ctrl-C)")
+        raise
+    except BaseException as exc:
+        tb = traceback.format_exc()
+        write_status(
+            path, "failed", job_id=job_id, error=f"{type(exc).__name__}: {exc}", traceback=tb
+        )
+        log.error("failed:\n%s", tb)
+        raise
+    finally:
+        log.removeHandler(handler)
+        handler.close()

@@ -1,0 +1,117 @@
+"""The interface every separation method implements.
+
+The runner knows methods only through this class: it builds one, gives it the trained teacher
+run it asked for (``teacher_method``), calls :meth:`Method.train_step` in a loop that handles
+checkpoints, and calls :meth:`Method.separate` on the fixed evaluation set.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from benchmark.config import RunConfig
+from tasks.base import Task
+
+__all__ = ["Method", "make_optimizer", "optimize"]
+
+
+class Method(ABC):
+    """A separation method.
+
+    Class attributes:
+        name: registered name (``--methods``).
+        display_name: row label in tables (SURF Table 1 wording).
+        unsupervised: trains from mixtures alone.
+        generative: samples from a learned distribution (flow / diffusion).
+        teacher_method: name of the method whose trained run this one starts from (``"mixit"``
+            for the remixing methods), or None.
+        config_sections: the :class:`RunConfig` sections that define this method's runs; only
+            these enter the run's hash.
+        reference_only: not a trainable method (the ``mixture`` reference row).
+    """
+
+    name: ClassVar[str]
+    display_name: ClassVar[str]
+    unsupervised: ClassVar[bool] = True
+    generative: ClassVar[bool] = False
+    teacher_method: ClassVar[str | None] = None
+    config_sections: ClassVar[tuple[str, ...]] = ("task", "train", "net", "eval")
+    reference_only: ClassVar[bool] = False
+
+    def __init__(self, config: RunConfig, task: Task, device: torch.device) -> None:
+        self.config = config
+        self.task = task
+        self.device = device
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    # -- construction --------------------------------------------------------------------
+    @abstractmethod
+    def setup(self, teacher: Method | None) -> None:
+        """Build networks and optimizer; ``teacher`` is the trained ``teacher_method`` run
+        (already loaded, in eval mode) or None."""
+
+    @abstractmethod
+    def modules(self) -> dict[str, nn.Module]:
+        """Every network whose weights are checkpointed, by name (e.g. student, ema)."""
+
+    def trainable(self) -> nn.Module | None:
+        """The network updated by the optimizer (for gradient clipping), or None."""
+        return None
+
+    def extra_state(self) -> dict[str, Any]:
+        """Method state besides networks and optimizer to checkpoint (default: none)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`extra_state` (default: nothing to restore)."""
+        del state
+
+    # -- training ------------------------------------------------------------------------
+    @abstractmethod
+    def train_step(self, step: int, generator: torch.Generator) -> dict[str, float]:
+        """One optimisation step (the method's algorithm box). Returns logged scalars; the
+        key ``"loss"`` is checked for NaN/inf by the training loop."""
+
+    # -- inference -----------------------------------------------------------------------
+    @abstractmethod
+    def separate(self, mixtures: Tensor, generator: torch.Generator) -> Tensor:
+        """Separate ``(B, *D)`` mixtures into ``(B, K, *D)`` source estimates (model scale)."""
+
+    def eval_mode(self) -> None:
+        """Put every network in eval mode."""
+        for module in self.modules().values():
+            module.eval()
+
+    def train_mode(self) -> None:
+        """Put trainable networks in train mode (EMA/frozen networks stay in eval)."""
+        net = self.trainable()
+        if net is not None:
+            net.train()
+
+
+def make_optimizer(parameters, lr: float) -> torch.optim.Optimizer:
+    """Adam (SURF Algorithm 2 line 21: "Update Student via SGD/Adam"); the training loop sets
+    the learning rate each step (warm-up)."""
+    return torch.optim.Adam(parameters, lr=lr)
+
+
+def optimize(method: Method, loss: Tensor) -> float:
+    """``theta <- theta - eta grad L``: zero grads, backward, clip (``train.grad_clip``), step.
+
+    Returns:
+        The gradient norm before clipping (0.0 when clipping is disabled).
+    """
+    assert method.optimizer is not None
+    method.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = 0.0
+    clip = method.config.train.grad_clip
+    net = method.trainable()
+    if clip > 0 and net is not None:
+        norm = float(torch.nn.utils.clip_grad_norm_(net.parameters(), clip))
+    method.optimizer.step()
+    return norm

@@ -1,0 +1,200 @@
+"""SURF: Separation via Unsupervised Remixing Flow (Li et al. 2026), Algorithm 1/2 and Code
+Listing 1, with the hybrid teacher of Appendix D.3.
+
+Training step (Algorithm 2; line numbers of Algorithm 1 in brackets):
+    [3]  M ~ p(M)                                         B observed mixtures
+    [4]  X_bar ~ p_theta_T(X_bar | M)                     teacher sample: 5-step Euler solve of
+                                                          the hybrid velocity v_beta (App. D.3)
+    [5]  Pi ~ U(S_BK), X_tilde_1 = Pi X_bar               global shuffle (eq. 14)
+    [6]  M_tilde = (I_B (x) 1^T) X_tilde_1                remixed mixtures (eq. 15)
+    [7]  t ~ U(0, 1)
+    [8-9] X_tilde_0 = (1/K)(I_B (x) 1) M_tilde + (I_B (x) P_perp) Z          (eq. 4)
+    [10] Upsilon = argmin_Gamma ||v_theta(X_0, 0, M_tilde) - (Gamma X_1 - X_0)||^2
+                                                          PIT at t = 0, stop-gradient (eq. 21-22)
+    [11] X_t = (1 - t) X_0 + t Upsilon X_1                (eq. 20)
+    [12] R_t = v_theta(X_t, t, M_tilde) - (Upsilon X_1 - X_0)                (eq. 23)
+    [13] RM-FM: L = ||R_t||^2                             (eq. 24)
+    [14] SR-FM: L = ||(I_B (x) 1^T) Pi^{-1} Upsilon^{-1} R_t||^2            (eq. 30)
+    [15] Adam step on theta
+    [16] theta_T <- alpha theta_T + (1 - alpha) theta     EMA teacher
+
+Norms are averaged over elements as in Code Listing 1 (``.mean()``), which rescales the loss by
+a constant. The hybrid threshold beta follows :func:`methods.ema.beta_schedule` (1 -> 0 linearly
+over ``surf.beta_decay_steps``) or a constant (``surf.beta``). Student and EMA teacher start from
+the MixIT network's shape-matching weights (``surf.init_from_mixit``); with beta = 1 at step 0 the
+first teacher samples are exactly the MixIT estimates. Evaluation samples ``eval.model`` (the EMA
+teacher by default) with the ``eval.euler_steps``-step Euler solver from the eq. (4) state.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from benchmark.registry import register_method
+from methods.base import Method, make_optimizer, optimize
+from methods.ema import beta_schedule, ema_update, make_ema_copy
+from methods.flow import (
+    clean_estimate,
+    euler_sample,
+    hybrid_velocity,
+    initial_state,
+    interpolant,
+    target_velocity,
+)
+from methods.models import FlowVelocityNet, transfer_matching_weights
+from methods.pit import apply_permutation, invert_permutation, pit_permutation
+from methods.remix import remix, sum_to_mixtures, unshuffle
+
+__all__ = ["SurfRM", "SurfSR", "rm_fm_loss", "sr_fm_loss"]
+
+
+def rm_fm_loss(residual: Tensor) -> Tensor:
+    """RM-FM loss, SURF eq. (24) / Algorithm 1 line 13: ``mean(R_t^2)``.
+
+    Args:
+        residual: ``(B, K, *D)`` drift residual ``R_t`` (eq. 23) in aligned order.
+    """
+    return residual.pow(2).mean()
+
+
+def sr_fm_loss(residual: Tensor, upsilon: Tensor, perm: Tensor) -> Tensor:
+    """SR-FM loss, SURF eq. (30) / Algorithm 1 line 14 / Code Listing 1.
+
+    ``mean( ((I_B (x) 1^T) Pi^{-1} Upsilon^{-1} R_t)^2 )``: residuals are routed back from the
+    aligned order (``Upsilon^{-1}``) and from the global shuffle (``Pi^{-1}``) to the observed
+    mixture they came from, summed over its K sources and squared.
+
+    Args:
+        residual: ``(B, K, *D)`` ``R_t`` in aligned order.
+        upsilon: ``(B, K)`` PIT permutations (aligned row k is remixed row ``upsilon[b, k]``).
+        perm: ``(B*K,)`` global shuffle ``Pi`` of :func:`methods.remix.remix`.
+
+    Returns:
+        Scalar loss.
+    """
+    unaligned = apply_permutation(residual, invert_permutation(upsilon))  # Upsilon^{-1}
+    unshuffled = unshuffle(unaligned, perm)  # Pi^{-1}
+    return sum_to_mixtures(unshuffled).pow(2).mean()  # (I_B (x) 1^T), ||.||^2
+
+
+class _Surf(Method):
+    """Shared SURF training loop; subclasses pick the RM-FM or SR-FM objective."""
+
+    generative = True
+    teacher_method = "mixit"
+    config_sections = ("task", "train", "net", "mixit", "surf", "eval", "teacher")
+
+    def setup(self, teacher: Method | None) -> None:
+        if teacher is None or not hasattr(teacher, "model"):
+            raise ValueError(f"{self.name} needs the trained MixIT model as teacher")
+        cfg = self.config
+        self.mixit = teacher  # frozen f_MixIT of the hybrid teacher (App. D.3)
+        self.mixit.eval_mode()
+        self.student = FlowVelocityNet(self.task.sample_shape, self.task.num_sources, cfg.net)
+        if cfg.surf.init_from_mixit:
+            transfer_matching_weights(teacher.model.unet, self.student.unet)
+        self.student.to(self.device).train()
+        self.ema = make_ema_copy(self.student)
+        self.optimizer = make_optimizer(self.student.parameters(), cfg.train.lr)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"student": self.student, "ema": self.ema}
+
+    def trainable(self) -> nn.Module:
+        return self.student
+
+    def beta(self, step: int) -> float:
+        """Hybrid-teacher threshold at ``step`` (App. D.3; Table 9 constants)."""
+        surf = self.config.surf
+        if surf.beta == "linear":
+            return beta_schedule(step, surf.beta_decay_steps)
+        return float(surf.beta)
+
+    @torch.no_grad()
+    def teacher_sample(self, mixtures: Tensor, beta: float, generator: torch.Generator) -> Tensor:
+        """``X_bar ~ p_theta_T(. | M)``: Euler solve of the hybrid velocity (App. D.3).
+
+        Args:
+            mixtures: ``(B, *D)``.
+            beta: hybrid threshold; ``t < beta`` follows the straight path to the MixIT
+                estimate, ``t >= beta`` the EMA flow teacher.
+            generator: noise for the initial state.
+
+        Returns:
+            ``(B, K, *D)`` mixture-consistent teacher estimates.
+        """
+        surf = self.config.surf
+        x0 = initial_state(mixtures, self.task.num_sources, surf.noise_scale, generator=generator)
+        mixit_est = self.mixit.separate(mixtures, generator) if beta > 0 else None
+
+        def velocity(x_t: Tensor, t: Tensor) -> Tensor:
+            return hybrid_velocity(
+                x_t, t, x0, mixit_est, lambda x, s: self.ema(x, s, mixtures), beta
+            )
+
+        return euler_sample(velocity, x0, surf.euler_steps)
+
+    def _sample_t(self, batch: int, generator: torch.Generator) -> Tensor:
+        if self.config.surf.t_sampling == "batch":  # Algorithm 2 line 11, Code Listing 1
+            t = torch.rand(1, generator=generator, device=generator.device).expand(batch)
+        else:
+            t = torch.rand(batch, generator=generator, device=generator.device)
+        return t.to(self.device)
+
+    def loss(self, residual: Tensor, upsilon: Tensor, perm: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def train_step(self, step: int, generator: torch.Generator) -> dict[str, float]:
+        cfg = self.config
+        k = self.task.num_sources
+        beta = self.beta(step)
+        mixtures = self.task.sample_mixtures(cfg.train.batch_size, generator)  # [3] M
+        teacher_est = self.teacher_sample(mixtures, beta, generator)  # [4] X_bar
+        remixed = remix(teacher_est, generator)  # [5-6] eq. (14), (15)
+        x1, m_tilde = remixed.sources, remixed.mixtures
+        t = self._sample_t(x1.shape[0], generator)  # [7]
+        x0 = initial_state(m_tilde, k, cfg.surf.noise_scale, generator=generator)  # [8-9] eq. 4
+        with torch.no_grad():  # [10] PIT at t = 0 with stop-gradient, eq. (21)-(22)
+            zeros = torch.zeros_like(t)
+            x1_hat = clean_estimate(x0, self.student(x0, zeros, m_tilde), zeros)  # eq. (9)
+            upsilon = pit_permutation(x1_hat, x1)
+        x1_aligned = apply_permutation(x1, upsilon)  # Upsilon X_1
+        x_t = interpolant(x0, x1_aligned, t)  # [11] eq. (20)
+        residual = self.student(x_t, t, m_tilde) - target_velocity(x0, x1_aligned)  # [12] (23)
+        loss = self.loss(residual, upsilon, remixed.perm)  # [13] / [14]
+        grad_norm = optimize(self, loss)  # [15]
+        ema_update(self.ema, self.student, cfg.surf.ema_decay)  # [16]
+        return {"loss": float(loss), "grad_norm": grad_norm, "beta": beta}
+
+    @torch.no_grad()
+    def separate(self, mixtures: Tensor, generator: torch.Generator) -> Tensor:
+        """5-step Euler sample of ``eval.model`` (EMA teacher or student) from eq. (4)."""
+        cfg = self.config
+        net = self.ema if cfg.eval.model == "ema" else self.student
+        x0 = initial_state(
+            mixtures, self.task.num_sources, cfg.surf.noise_scale, generator=generator
+        )
+        return euler_sample(lambda x, t: net(x, t, mixtures), x0, cfg.eval.euler_steps)
+
+
+@register_method
+class SurfRM(_Surf):
+    """SURF with the ReMixIT objective, RM-FM (eq. 24)."""
+
+    name = "surf_rm"
+    display_name = "SURF (ReMixIT)"
+
+    def loss(self, residual: Tensor, upsilon: Tensor, perm: Tensor) -> Tensor:
+        return rm_fm_loss(residual)
+
+
+@register_method
+class SurfSR(_Surf):
+    """SURF with the Self-Remixing objective, SR-FM (eq. 30)."""
+
+    name = "surf_sr"
+    display_name = "SURF (Self-Remixing)"
+
+    def loss(self, residual: Tensor, upsilon: Tensor, perm: Tensor) -> Tensor:
+        return sr_fm_loss(residual, upsilon, perm)

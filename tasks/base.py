@@ -1,0 +1,97 @@
+"""Task interface: where mixtures come from and how separations are scored.
+
+Data flows one way: task -> mixtures -> method -> checkpoint -> evaluation -> results store.
+A task hands methods **mixtures only** through :meth:`Task.sample_mixtures` and
+:meth:`Task.sample_mixit_references`; clean sources are reachable only through
+:meth:`Task.sample_sources` (supervised references) and the evaluation set.
+
+Scale convention: tensors given to methods follow the flow formulation of SURF eq. (1),
+``m = sum_k x^(k)``; each task documents how its native data maps to that.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from benchmark.config import TaskConfig
+
+__all__ = ["DatasetNotFoundError", "EvalSet", "Task"]
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset is missing; the message names the places searched and how to get it."""
+
+
+@dataclass
+class EvalSet:
+    """A fixed evaluation set (identical for every method and seed).
+
+    Attributes:
+        mixtures: ``(N, *D)`` mixtures in the model convention ``m = sum_k x^(k)``.
+        sources: ``(N, K, *D)`` reference sources.
+    """
+
+    mixtures: Tensor
+    sources: Tensor
+
+
+class Task(ABC):
+    """A separation task (dataset + mixing protocol + metrics)."""
+
+    name: ClassVar[str]
+    display_name: ClassVar[str]
+    #: metric columns in table order, with the direction of "better"
+    metrics: ClassVar[dict[str, str]]
+
+    def __init__(self, config: TaskConfig, data_root: Path) -> None:
+        self.config = config
+        self.data_root = Path(data_root)
+        self.device = torch.device("cpu")
+
+    @property
+    def num_sources(self) -> int:
+        """K, sources per mixture."""
+        return self.config.num_sources
+
+    @property
+    @abstractmethod
+    def sample_shape(self) -> tuple[int, ...]:
+        """Shape ``D`` of one source, e.g. ``(C, H, W)`` or ``(T,)``."""
+
+    def to(self, device: torch.device) -> Task:
+        """Move the task's in-memory data to ``device`` (batches are then drawn there)."""
+        self.device = device
+        return self
+
+    @abstractmethod
+    def sample_mixtures(self, batch_size: int, generator: torch.Generator) -> Tensor:
+        """Training mixtures ``(B, *D)`` drawn on the fly (no sources: unsupervised input)."""
+
+    @abstractmethod
+    def sample_mixit_references(self, batch_size: int, generator: torch.Generator) -> Tensor:
+        """Reference mixtures ``(B, 2, *D)`` whose sum is a MixIT mixture of mixtures."""
+
+    @abstractmethod
+    def sample_sources(self, batch_size: int, generator: torch.Generator) -> Tensor:
+        """Clean training sources ``(B, K, *D)`` (supervised references only)."""
+
+    @abstractmethod
+    def eval_set(self) -> EvalSet:
+        """The fixed evaluation set, drawn with ``config.seed`` (independent of method seeds)."""
+
+    @abstractmethod
+    def score(self, estimates: Tensor, sources: Tensor, mixtures: Tensor) -> pd.DataFrame:
+        """Per-mixture scores, one row per mixture, one column per metric (plus ``mixture``)."""
+
+    def mixture_estimate(self, mixtures: Tensor) -> Tensor:
+        """The do-nothing reference: every source estimated by the mixture, brought back to
+        the sources' scale (``m / K`` in the sum convention). ``(N, *D) -> (N, K, *D)``."""
+        k = self.num_sources
+        return (mixtures / k)[:, None].expand(-1, k, *mixtures.shape[1:]).contiguous()
