@@ -274,6 +274,10 @@ def execute_run(run_dir: str, data_root: str, device: str = "auto") -> dict[str,
     started = time.time()
     try:
         dev = pick_device(device)
+        if dev.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cudnn.benchmark = True
         info = read_json(path / "config.json")
         cfg = from_dict(info["config"])
         write_status(path, "running", job_id=job_id, pid=os.getpid(), host=platform.node())

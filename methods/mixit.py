@@ -60,7 +60,7 @@ class MixIT(Method):
         loss, _ = mixit_loss(references, estimates, self.loss_fn)  # 4. eq. (1)
         loss = loss.mean()
         grad_norm = optimize(self, loss)  # 5.
-        return {"loss": float(loss), "grad_norm": grad_norm}
+        return {"loss": loss.item(), "grad_norm": grad_norm}
 
     @torch.no_grad()
     def separate(self, mixtures: Tensor, generator: torch.Generator) -> Tensor:

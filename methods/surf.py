@@ -165,7 +165,7 @@ class _Surf(Method):
         loss = self.loss(residual, upsilon, remixed.perm)  # [13] / [14]
         grad_norm = optimize(self, loss)  # [15]
         ema_update(self.ema, self.student, cfg.surf.ema_decay)  # [16]
-        return {"loss": float(loss), "grad_norm": grad_norm, "beta": beta}
+        return {"loss": loss.item(), "grad_norm": grad_norm, "beta": beta}
 
     @torch.no_grad()
     def separate(self, mixtures: Tensor, generator: torch.Generator) -> Tensor:
