@@ -235,13 +235,18 @@ PRESETS: dict[str, dict[str, Any]] = {
             "eval.batch_size": 250,
             "remix.ema_decay": 0.99,
             "surf.ema_decay": 0.99,
+            # Measured on MNIST (README, "Choosing the cpu defaults"): the thresholded-SNR MixIT
+            # loss separates better than squared error at this scale (22.0 vs 19.8 dB PSNR),
+            # and a flow noise scale of 0.3 beats 1.0 for SURF (18.2 vs 15.9 dB at 1,200 steps).
+            "mixit.loss": "snr",
+            "surf.noise_scale": 0.3,
         },
         "methods": {
-            "mixit": {"train.steps": 1500},
-            "remixit": {"train.steps": 500},
-            "self_remixing": {"train.steps": 500},
-            "surf_rm": {"train.steps": 1200, "surf.beta_decay_steps": 800},
-            "surf_sr": {"train.steps": 1200, "surf.beta_decay_steps": 800},
+            "mixit": {"train.steps": 1200},
+            "remixit": {"train.steps": 400},
+            "self_remixing": {"train.steps": 400},
+            "surf_rm": {"train.steps": 800, "surf.beta_decay_steps": 500},
+            "surf_sr": {"train.steps": 800, "surf.beta_decay_steps": 500},
         },
     },
     "paper": {

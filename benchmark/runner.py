@@ -74,6 +74,12 @@ def _plan_one(
             cls.teacher_method, task, seed, preset, overrides, results_dir, runs, False
         )
         cfg.teacher = teacher.run_hash
+    # label table rows only with the overrides that matter to this method
+    cfg.overrides = tuple(
+        o
+        for o in cfg.overrides
+        if "." not in o.split("=")[0] or o.split("=")[0].split(".")[0] in cls.config_sections
+    )
     run_hash = config_hash(cfg, cls.config_sections)
     run_dir = run_dir_for(results_dir, task, method, run_hash)
     if run_dir in runs:
