@@ -250,7 +250,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
     },
     "paper": {
-        "description": "SURF Table 6 / Appendix D values (NCSN++ ~30M params, B=256, 5-step Euler)",
+        "description": "SURF Table 6 / App. D (NCSN++ nf=64, 15.8M params/net, B=256, 5-step Euler)",
         "common": {
             "net.nf": 64,
             "net.ch_mult": (1, 2, 2, 2),
