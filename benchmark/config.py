@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
@@ -106,12 +107,23 @@ class MixITConfig:
         snr_max: SNR_max in dB for ``loss="snr"``.
         single_source_prob: probability that a reference mixture holds one image instead of K
             (0.5: mixtures of mixtures hold 2/3/4 images at 25/50/25 %, SURF D.4).
+        assignment: how the mixing matrix is found: ``"exhaustive"`` search over all N^M
+            binary matrices (eq. 1) or ``"efficient"`` least squares projected to the nearest
+            binary matrix (eq. 3).
+        sparsity: source-sparsity loss added to the MixIT loss: ``"none"``, ``"l1"`` (C_l1,
+            eq. 5) or ``"l1_l2"`` (C_l1/l2, eq. 6).
+        sparsity_weight: its weight (the paper's Table 1 uses 8 / 23 / 64 for M = 4 / 8 / 16).
+        covariance_weight: weight of the covariance loss C_cov (eq. 7); 0 disables it.
     """
 
     num_outputs: int = 4
     loss: str = "mse"
     snr_max: float = 30.0
     single_source_prob: float = 0.5
+    assignment: str = "exhaustive"
+    sparsity: str = "none"
+    sparsity_weight: float = 0.0
+    covariance_weight: float = 0.0
 
 
 @dataclass
@@ -447,13 +459,57 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"eval.model must be 'ema' or 'student', got {cfg.eval.model!r}")
     if cfg.mixit.loss not in ("mse", "snr"):
         raise ConfigError(f"mixit.loss must be 'mse' or 'snr', got {cfg.mixit.loss!r}")
+    _validate_mixit_options(cfg.mixit)
+
+
+def _validate_mixit_options(mixit: MixITConfig) -> None:
+    """The efficient-assignment, sparsity and covariance options (sparse/efficient MixIT)."""
+    if mixit.assignment not in ("exhaustive", "efficient"):
+        raise ConfigError(
+            f"mixit.assignment must be 'exhaustive' or 'efficient', got {mixit.assignment!r}"
+        )
+    if mixit.assignment == "exhaustive" and 2**mixit.num_outputs > 65536:
+        raise ConfigError(
+            f"mixit.assignment=exhaustive searches N^M matrices, too many for "
+            f"mixit.num_outputs={mixit.num_outputs}: set mixit.assignment=efficient"
+        )
+    if mixit.sparsity not in ("none", "l1", "l1_l2"):
+        raise ConfigError(f"mixit.sparsity must be 'none', 'l1' or 'l1_l2', got {mixit.sparsity!r}")
+    for name in ("sparsity_weight", "covariance_weight"):
+        weight = getattr(mixit, name)
+        if not math.isfinite(weight) or weight < 0:
+            raise ConfigError(f"mixit.{name} must be a finite number >= 0, got {weight}")
+    if mixit.sparsity == "none" and mixit.sparsity_weight > 0:
+        raise ConfigError(
+            f"mixit.sparsity_weight={mixit.sparsity_weight} has no effect with "
+            "mixit.sparsity=none: also set mixit.sparsity=l1 or mixit.sparsity=l1_l2"
+        )
+
+
+# Fields added after runs were stored: left out of a run's identity while at these defaults, so
+# that adding an option does not change the address of any run made without it.
+_IDENTITY_OMIT_AT_DEFAULT: dict[str, dict[str, Any]] = {
+    "mixit": {
+        "assignment": "exhaustive",
+        "sparsity": "none",
+        "sparsity_weight": 0.0,
+        "covariance_weight": 0.0,
+    },
+}
 
 
 def identity_dict(cfg: RunConfig, sections: tuple[str, ...]) -> dict[str, Any]:
-    """The part of a config that defines a run's identity (method, seed, listed sections)."""
+    """The part of a config that defines a run's identity (method, seed, listed sections).
+
+    Fields of :data:`_IDENTITY_OMIT_AT_DEFAULT` are left out while at their default.
+    """
     data = {"code_version": CODE_VERSION, "method": cfg.method, "seed": cfg.seed}
     for name in sections:
-        data[name] = to_dict(getattr(cfg, name))
+        section = to_dict(getattr(cfg, name))
+        for key, default in _IDENTITY_OMIT_AT_DEFAULT.get(name, {}).items():
+            if section.get(key) == default:
+                del section[key]
+        data[name] = section
     return data
 
 

@@ -1,7 +1,10 @@
 """Signal-level losses shared by the methods.
 
-All losses take ``(B, N, *D)`` references and estimates and return per-signal values ``(B, N)``
-so that assignment searches (PIT, MixIT) can combine them.
+The signal losses take ``(B, N, *D)`` references and estimates and return per-signal values
+``(B, N)`` so that assignment searches (PIT, MixIT) can combine them. The MixIT regularisers of
+sparse/efficient MixIT §2.3-2.4 (source sparsity, eq. 4-6; covariance, eq. 7) take the ``(B, M,
+*D)`` separated sources and return one value per mixture ``(B,)``. Throughout, a source's "time"
+axis ``t = 1..T`` is all of its elements (``T = prod(D)``, e.g. C x H x W pixels).
 """
 
 from __future__ import annotations
@@ -11,7 +14,18 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["LOSSES", "negative_thresholded_snr", "signal_loss", "squared_error"]
+__all__ = [
+    "LOSSES",
+    "SPARSITY_LOSSES",
+    "covariance_loss",
+    "negative_thresholded_snr",
+    "signal_loss",
+    "source_rms",
+    "sparsity_l1",
+    "sparsity_l1_l2",
+    "sparsity_loss",
+    "squared_error",
+]
 
 
 def squared_error(references: Tensor, estimates: Tensor) -> Tensor:
@@ -74,3 +88,117 @@ def signal_loss(name: str, snr_max_db: float = 30.0):
             raise ValueError("snr_max_db must be finite")
         return lambda r, e: negative_thresholded_snr(r, e, snr_max_db=snr_max_db)
     raise ValueError(f"unknown loss {name!r}; valid losses: {sorted(LOSSES)}")
+
+
+# --------------------------------------------------------------------------------------------
+# MixIT regularisers (sparse/efficient MixIT, Wisdom et al. 2021, §2.3-2.4)
+# --------------------------------------------------------------------------------------------
+
+RMS_EPS = 1e-12  # added to the mean square inside every square root (squared data units)
+
+
+def source_rms(signals: Tensor, eps: float = RMS_EPS) -> Tensor:
+    """RMS level per signal, sparse/efficient MixIT eq. (4).
+
+    ``r_m = rms(s_hat_m) = sqrt((1/T) sum_t |s_hat_{m,t}|^2 + eps)``, ``T`` the number of
+    elements of a signal. ``eps`` (1e-12, i.e. an RMS floor of 1e-6 in data units) keeps the
+    gradient of an all-zero output finite (the bare square root has an infinite slope at 0);
+    it changes the RMS of a non-zero signal by at most ``eps / (2 r)``.
+
+    Args:
+        signals: ``(B, M, *D)`` signals (``x[:, None]`` for one signal per item).
+        eps: stabiliser inside the square root.
+
+    Returns:
+        ``(B, M)`` RMS levels.
+    """
+    return (signals.flatten(2).pow(2).mean(-1) + eps).sqrt()
+
+
+def sparsity_l1(estimates: Tensor, mixture: Tensor | None = None) -> Tensor:
+    """ℓ1 source-sparsity loss, sparse/efficient MixIT eq. (5).
+
+    ``C_l1(r) = (1/M) ||r||_1 / rms(x_bar)`` with ``r_m = rms(s_hat_m)`` (eq. 4),
+    ``||r||_1 = sum_m r_m`` and ``x_bar`` the mixture of mixtures fed to the separator. The
+    denominator and ``1/M`` normalise the scale across examples and numbers of outputs. Both
+    RMS levels carry the ``eps`` of :func:`source_rms`, so an all-zero mixture gives a
+    denominator of 1e-6, not 0.
+
+    Args:
+        estimates: ``(B, M, *D)`` separated sources ``s_hat``.
+        mixture: ``(B, *D)`` the separator's input ``x_bar``; if None, ``sum_m s_hat_m`` is used
+            (equal to ``x_bar`` for a mixture-consistent separator).
+
+    Returns:
+        ``(B,)`` losses (dimensionless).
+    """
+    if mixture is None:
+        mixture = estimates.sum(dim=1)
+    num_outputs = estimates.shape[1]
+    r = source_rms(estimates)  # (B, M), eq. (4)
+    mix_rms = source_rms(mixture[:, None])[:, 0]  # (B,), rms(x_bar)
+    return r.sum(-1) / num_outputs / mix_rms
+
+
+def sparsity_l1_l2(estimates: Tensor) -> Tensor:
+    """ℓ1/ℓ2 source-sparsity loss, sparse/efficient MixIT eq. (6).
+
+    ``C_l1/l2(r) = (1/M) ||r||_1 / ||r||_2`` with ``r_m = rms(s_hat_m)`` (eq. 4),
+    ``||r||_1 = sum_m r_m`` and ``||r||_2 = sqrt(sum_m r_m^2)``. Scale-invariant; lies in
+    ``[1/M, 1/sqrt(M)]`` (1/M when one output holds everything, 1/sqrt(M) when all outputs have
+    equal level). The ``eps`` inside each ``r_m`` (:func:`source_rms`) keeps ``||r||_2 > 0``, so
+    all-zero outputs give ``1/sqrt(M)`` instead of 0/0.
+
+    Args:
+        estimates: ``(B, M, *D)`` separated sources ``s_hat``.
+
+    Returns:
+        ``(B,)`` losses (dimensionless).
+    """
+    num_outputs = estimates.shape[1]
+    r = source_rms(estimates)  # (B, M), eq. (4)
+    return r.sum(-1) / r.pow(2).sum(-1).sqrt() / num_outputs
+
+
+def covariance_loss(estimates: Tensor) -> Tensor:
+    """Covariance loss, sparse/efficient MixIT eq. (7).
+
+    ``C_cov(s_hat) = sum_{m != m'} |cov(s_hat_m, s_hat_m')|`` over ordered pairs (each
+    unordered pair counted twice, as the sum is written), with the covariance over the ``T``
+    elements of a signal, ``cov(a, b) = (1/T) sum_t (a_t - mean(a)) (b_t - mean(b))`` (the paper
+    does not give the normaliser; 1/T matches the mean in eq. 4). In squared data units; needs
+    no stabiliser.
+
+    Args:
+        estimates: ``(B, M, *D)`` separated sources ``s_hat``.
+
+    Returns:
+        ``(B,)`` losses.
+    """
+    flat = estimates.flatten(2)
+    centred = flat - flat.mean(dim=-1, keepdim=True)
+    cov = centred @ centred.transpose(1, 2) / flat.shape[-1]  # (B, M, M), cov(s_m, s_m')
+    num_outputs = flat.shape[1]
+    off_diagonal = ~torch.eye(num_outputs, dtype=torch.bool, device=flat.device)  # m != m'
+    return (cov.abs() * off_diagonal).sum(dim=(1, 2))
+
+
+SPARSITY_LOSSES = ("none", "l1", "l1_l2")
+
+
+def sparsity_loss(name: str, estimates: Tensor, mixture: Tensor | None = None) -> Tensor:
+    """Sparsity loss by name: ``"l1"`` eq. (5), ``"l1_l2"`` eq. (6), ``"none"`` zeros.
+
+    Returns:
+        ``(B,)`` losses.
+
+    Raises:
+        ValueError: for an unknown name (the message lists the valid ones).
+    """
+    if name == "l1":
+        return sparsity_l1(estimates, mixture)
+    if name == "l1_l2":
+        return sparsity_l1_l2(estimates)
+    if name == "none":
+        return estimates.new_zeros(estimates.shape[0])
+    raise ValueError(f"unknown sparsity loss {name!r}; valid: {list(SPARSITY_LOSSES)}")

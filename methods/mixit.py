@@ -4,9 +4,15 @@ Training step (one iteration):
     1. draw two reference mixtures x_1, x_2, each of one or K images (SURF D.4)
     2. mixture of mixtures x_bar = x_1 + x_2
     3. s_hat = f_theta(x_bar), M outputs, mixture-consistent
-    4. L = min_A sum_n L(x_n, [A s_hat]_n)                    (sparse-MixIT eq. 1)
-       with L the squared error (SURF D.4) or the thresholded SNR (eq. 2)
-    5. Adam step
+    4. L_MixIT = sum_n L(x_n, [A s_hat]_n)                    (sparse-MixIT eq. 1)
+       with L the squared error (SURF D.4) or the thresholded SNR (eq. 2), and A either
+       the exhaustive argmin over binary matrices (eq. 1, ``mixit.assignment=exhaustive``)
+       or P_B{argmin_A ||x - A s_hat||^2} (eq. 3, ``mixit.assignment=efficient``)
+    5. L = L_MixIT + lambda_sp C_sp(r) + lambda_cov C_cov(s_hat), averaged over the batch:
+       C_sp the sparsity loss C_l1 (eq. 5) or C_l1/l2 (eq. 6) on the output RMS levels r
+       (eq. 4) (``mixit.sparsity``, ``mixit.sparsity_weight``; default none), C_cov the
+       covariance loss (eq. 7) (``mixit.covariance_weight``; default 0)
+    6. Adam step
 
 Inference: the M outputs are reduced to K estimates by :func:`methods.mixit_assignment.reduce_to_k`
 (K highest-energy outputs seed the estimates, the others join the most similar seed), which is
@@ -21,7 +27,7 @@ from torch import Tensor, nn
 
 from benchmark.registry import register_method
 from methods.base import Method, make_optimizer, optimize
-from methods.losses import signal_loss
+from methods.losses import covariance_loss, signal_loss, sparsity_loss
 from methods.mixit_assignment import mixit_loss, reduce_to_k
 from methods.models import RegressionSeparator
 
@@ -30,7 +36,8 @@ __all__ = ["MixIT"]
 
 @register_method
 class MixIT(Method):
-    """MixIT with exhaustive assignment search over binary mixing matrices."""
+    """MixIT (exhaustive or efficient assignment), optionally with the sparsity and covariance
+    losses of sparse/efficient MixIT."""
 
     name = "mixit"
     display_name = "MixIT"
@@ -57,10 +64,24 @@ class MixIT(Method):
         references = self.task.sample_mixit_references(batch, generator)  # 1. x_n (B, 2, *D)
         mom = references.sum(dim=1)  # 2. x_bar = sum_n x_n
         estimates = self.model(mom)  # 3. s_hat (B, M, *D)
-        loss, _ = mixit_loss(references, estimates, self.loss_fn)  # 4. eq. (1)
+        opts = self.config.mixit
+        # 4. eq. (1), A from eq. (1) (exhaustive) or eq. (3) (efficient)
+        mixit, _ = mixit_loss(references, estimates, self.loss_fn, opts.assignment)
+        loss = mixit
+        logs: dict[str, float] = {}
+        if opts.sparsity != "none":
+            sparsity = sparsity_loss(opts.sparsity, estimates, mom)  # C_l1 eq. (5) / C_l1/l2 (6)
+            loss = loss + opts.sparsity_weight * sparsity  # 5. + lambda_sp C_sp
+            logs["sparsity"] = sparsity.mean().item()
+        if opts.covariance_weight > 0:
+            covariance = covariance_loss(estimates)  # C_cov, eq. (7)
+            loss = loss + opts.covariance_weight * covariance  # 5. + lambda_cov C_cov
+            logs["covariance"] = covariance.mean().item()
+        if logs:
+            logs["mixit_loss"] = mixit.mean().item()
         loss = loss.mean()
-        grad_norm = optimize(self, loss)  # 5.
-        return {"loss": loss.item(), "grad_norm": grad_norm}
+        grad_norm = optimize(self, loss)  # 6.
+        return {"loss": loss.item(), "grad_norm": grad_norm, **logs}
 
     @torch.no_grad()
     def separate(self, mixtures: Tensor, generator: torch.Generator) -> Tensor:

@@ -3,8 +3,12 @@ reduction used when a MixIT model is scored or used as a teacher.
 
 MixIT trains an M-output separator on a mixture of mixtures ``x_bar = sum_n x_n`` and picks the
 binary mixing matrix ``A in B^{N x M}`` (each column one-hot: every output goes to exactly one
-reference mixture) that minimises ``sum_n L(x_n, [A s_hat]_n)``. The search here is exhaustive
-over all ``N^M`` matrices (16 for N = 2, M = 4), vectorised over the batch.
+reference mixture) that minimises ``sum_n L(x_n, [A s_hat]_n)``. Two ways to find ``A``:
+
+- ``"exhaustive"`` (eq. 1): search over all ``N^M`` matrices (16 for N = 2, M = 4), vectorised
+  over the batch; exact, but infeasible for large M.
+- ``"efficient"`` (eq. 3): least-squares real-valued mixing matrix, then the projection ``P_B``
+  onto the nearest binary assignment (:func:`efficient_assignment`); cost linear in M.
 """
 
 from __future__ import annotations
@@ -16,7 +20,15 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-__all__ = ["mixit_assignments", "mixit_loss", "reduce_to_k"]
+__all__ = [
+    "ASSIGNMENTS",
+    "efficient_assignment",
+    "mixit_assignments",
+    "mixit_loss",
+    "reduce_to_k",
+]
+
+ASSIGNMENTS = ("exhaustive", "efficient")
 
 
 @lru_cache(maxsize=16)
@@ -48,23 +60,76 @@ def mixit_assignments(
     return torch.nn.functional.one_hot(table, num_refs).transpose(1, 2).float()
 
 
+@torch.no_grad()
+def efficient_assignment(references: Tensor, estimates: Tensor, rtol: float = 1e-7) -> Tensor:
+    """Efficient MixIT assignment, sparse/efficient MixIT eq. (3).
+
+    ``A_hat = P_B{ argmin_{A in R^{N x M}} ||x - A s_hat||_2^2 }``, per batch item. The least
+    squares solution is ``A = x s_hat^T (s_hat s_hat^T)^+`` with ``x`` ``(N, T)`` and ``s_hat``
+    ``(M, T)`` flattened over ``D``; the pseudo-inverse of the ``(M, M)`` Gram matrix is taken in
+    float64 with eigenvalues below ``rtol`` times the largest treated as zero, so all-zero,
+    duplicated or colinear outputs give the minimum-norm solution instead of inf/NaN. ``P_B``
+    sets the largest entry of each column to 1 and the others to 0 (ties: the first
+    reference), so every output goes to exactly one reference mixture. Non-finite estimates are
+    read as zeros here (the loss itself still sees them and the run is reported as diverged).
+
+    The assignment is a discrete choice: no gradient flows through it (as in eq. 1).
+
+    Args:
+        references: ``(B, N, *D)`` reference mixtures ``x_n``.
+        estimates: ``(B, M, *D)`` separated sources ``s_hat``.
+        rtol: relative eigenvalue cut-off of the Gram pseudo-inverse.
+
+    Returns:
+        ``(B, N, M)`` binary matrices in ``estimates.dtype``, each column one-hot.
+    """
+    num_refs = references.shape[1]
+    x = references.flatten(2).double()  # (B, N, T)
+    s = torch.nan_to_num(estimates.detach().flatten(2).double(), nan=0.0, posinf=0.0, neginf=0.0)
+    x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    gram = s @ s.transpose(1, 2)  # (B, M, M) = s_hat s_hat^T
+    cross = x @ s.transpose(1, 2)  # (B, N, M) = x s_hat^T
+    real = cross @ torch.linalg.pinv(gram, rtol=rtol, hermitian=True)  # least-squares A
+    best = real.argmax(dim=1)  # (B, M): P_B, the row of each column's maximum
+    onehot = torch.nn.functional.one_hot(best, num_refs)  # (B, M, N)
+    return onehot.transpose(1, 2).to(estimates.dtype)
+
+
 def mixit_loss(
     references: Tensor,
     estimates: Tensor,
     loss_fn: Callable[[Tensor, Tensor], Tensor],
+    assignment: str = "exhaustive",
 ) -> tuple[Tensor, Tensor]:
-    """MixIT loss with exhaustive assignment search (sparse/efficient MixIT eq. 1).
+    """MixIT loss (sparse/efficient MixIT eq. 1) with an exhaustive or efficient assignment.
 
     Args:
         references: ``(B, N, *D)`` reference mixtures ``x_n`` (their sum is the model input).
         estimates: ``(B, M, *D)`` separated sources ``s_hat``.
         loss_fn: per-signal loss ``(refs (B, N, *D), est (B, N, *D)) -> (B, N)``, e.g.
             :func:`methods.losses.squared_error` or the thresholded SNR of eq. (2).
+        assignment: ``"exhaustive"`` (default): ``A`` minimises ``sum_n L(x_n, [A s_hat]_n)``
+            over all ``N^M`` binary matrices (eq. 1); ``"efficient"``: ``A`` is the binary
+            projection of the least-squares mixing matrix (eq. 3,
+            :func:`efficient_assignment`), whatever ``loss_fn`` is.
 
     Returns:
-        ``(loss, A)``: ``loss`` ``(B,)`` is ``min_A sum_n L(x_n, [A s_hat]_n)`` (differentiable
-        with respect to ``estimates``); ``A`` ``(B, N, M)`` the minimising matrices.
+        ``(loss, A)``: ``loss`` ``(B,)`` is ``sum_n L(x_n, [A s_hat]_n)`` for the chosen ``A``
+        (the minimum over ``A`` for ``"exhaustive"``; differentiable with respect to
+        ``estimates``, not through ``A``); ``A`` ``(B, N, M)`` the binary matrices.
+
+    Raises:
+        ValueError: an unknown ``assignment`` (the message lists the valid ones).
     """
+    if assignment not in ASSIGNMENTS:
+        raise ValueError(
+            f"unknown MixIT assignment {assignment!r}; valid assignments: {list(ASSIGNMENTS)}"
+        )
+    if assignment == "efficient":
+        mats = efficient_assignment(references, estimates)  # (B, N, M), eq. (3)
+        remixed = torch.einsum("bnm,bmd->bnd", mats, estimates.flatten(2))  # [A s_hat]_n
+        loss = loss_fn(references.flatten(2), remixed).sum(-1)  # sum_n L(x_n, [A s_hat]_n)
+        return loss, mats
     batch, num_refs = references.shape[:2]
     num_outputs = estimates.shape[1]
     mats = mixit_assignments(num_refs, num_outputs, estimates.device).to(estimates.dtype)
