@@ -30,6 +30,7 @@ __all__ = [
     "NetConfig",
     "RemixConfig",
     "RunConfig",
+    "SupervisedConfig",
     "SurfConfig",
     "TaskConfig",
     "TrainConfig",
@@ -165,6 +166,23 @@ class SurfConfig:
 
 
 @dataclass
+class SupervisedConfig:
+    """Supervised regression reference (``supervised``; SURF §5.1).
+
+    Trained on clean sources with the log-SNR PIT loss (SURF eq. 3) with the per-source loss
+    ``l(x, x_hat) = 10 log10(||x - x_hat||^2 + tau ||x||^2)`` (:func:`methods.losses.log_mse`).
+
+    Attributes:
+        snr_max: ``SNR_max`` in dB of the soft threshold ``tau = 10^(-SNR_max / 10)`` (30 dB, the
+            usual choice, as ``mixit.snr_max``): errors more than ``SNR_max`` dB below the
+            reference's energy stop counting. ``inf`` gives ``tau = 0``, the literal §5.1 loss
+            ``10 log10 ||x - x_hat||^2``.
+    """
+
+    snr_max: float = 30.0
+
+
+@dataclass
 class EvalConfig:
     """Evaluation settings.
 
@@ -193,6 +211,7 @@ class RunConfig:
     mixit: MixITConfig = field(default_factory=MixITConfig)
     remix: RemixConfig = field(default_factory=RemixConfig)
     surf: SurfConfig = field(default_factory=SurfConfig)
+    supervised: SupervisedConfig = field(default_factory=SupervisedConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     teacher: str = ""  # hash of the MixIT run this run starts from ("" when none)
     overrides: tuple[str, ...] = ()  # the user's --set values, for labelling table rows
@@ -259,6 +278,9 @@ PRESETS: dict[str, dict[str, Any]] = {
             "self_remixing": {"train.steps": 400},
             "surf_rm": {"train.steps": 800, "surf.beta_decay_steps": 500},
             "surf_sr": {"train.steps": 800, "surf.beta_decay_steps": 500},
+            # clean-source references (SURF Table 1 top rows): steps as the method they mirror
+            "supervised": {"train.steps": 1200},
+            "floss": {"train.steps": 800},
         },
     },
     "paper": {
@@ -286,6 +308,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             "self_remixing": {"train.steps": 200_000},
             "surf_rm": {"train.steps": 400_000},
             "surf_sr": {"train.steps": 400_000},
+            "supervised": {"train.steps": 200_000},
+            "floss": {"train.steps": 400_000},
         },
     },
 }
@@ -459,6 +483,10 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"eval.model must be 'ema' or 'student', got {cfg.eval.model!r}")
     if cfg.mixit.loss not in ("mse", "snr"):
         raise ConfigError(f"mixit.loss must be 'mse' or 'snr', got {cfg.mixit.loss!r}")
+    if not cfg.supervised.snr_max > 0:  # also rejects NaN
+        raise ConfigError(
+            f"supervised.snr_max must be > 0 dB (inf: no threshold), got {cfg.supervised.snr_max}"
+        )
     _validate_mixit_options(cfg.mixit)
 
 

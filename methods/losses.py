@@ -1,10 +1,12 @@
 """Signal-level losses shared by the methods.
 
 The signal losses take ``(B, N, *D)`` references and estimates and return per-signal values
-``(B, N)`` so that assignment searches (PIT, MixIT) can combine them. The MixIT regularisers of
-sparse/efficient MixIT §2.3-2.4 (source sparsity, eq. 4-6; covariance, eq. 7) take the ``(B, M,
-*D)`` separated sources and return one value per mixture ``(B,)``. Throughout, a source's "time"
-axis ``t = 1..T`` is all of its elements (``T = prod(D)``, e.g. C x H x W pixels).
+``(B, N)`` so that assignment searches (PIT, MixIT) can combine them; :func:`pairwise_log_mse`
+gives the ``(B, K, K)`` cost matrix of every estimate against every reference for
+:func:`methods.pit.pit_from_pairwise`. The MixIT regularisers of sparse/efficient MixIT §2.3-2.4
+(source sparsity, eq. 4-6; covariance, eq. 7) take the ``(B, M, *D)`` separated sources and
+return one value per mixture ``(B,)``. Throughout, a source's "time" axis ``t = 1..T`` is all of
+its elements (``T = prod(D)``, e.g. C x H x W pixels).
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ __all__ = [
     "LOSSES",
     "SPARSITY_LOSSES",
     "covariance_loss",
+    "log_mse",
     "negative_thresholded_snr",
+    "pairwise_log_mse",
     "signal_loss",
     "source_rms",
     "sparsity_l1",
@@ -63,6 +67,59 @@ def negative_thresholded_snr(
     err_energy = (references - estimates).pow(2).flatten(2).sum(-1)
     ratio = (ref_energy + eps) / (err_energy + tau * ref_energy + eps)
     return -10.0 * torch.log10(ratio)
+
+
+def log_mse(
+    references: Tensor, estimates: Tensor, snr_max_db: float = 30.0, eps: float = 1e-8
+) -> Tensor:
+    """Thresholded log squared error, the per-source loss of the supervised regression
+    reference (SURF §5.1: PIT loss (3) with ``l(x, x_hat) = 10 log10 ||x - x_hat||^2``).
+
+    ``l(x, x_hat) = 10 log10( ||x - x_hat||^2 + tau ||x||^2 + eps )`` with
+    ``tau = 10^(-SNR_max / 10)``; norms are sums over ``D``. The threshold keeps the loss
+    bounded below (by ``10 log10(tau ||x||^2)``) once the estimate is ``SNR_max`` dB better than
+    the reference's energy, so near-perfect sources stop dominating the gradient. It equals
+    :func:`negative_thresholded_snr` plus ``10 log10 ||x||^2``, which does not depend on the
+    estimate (up to ``eps``): same gradients, same PIT permutation. ``snr_max_db = inf`` gives
+    ``tau = 0``, the literal §5.1 loss.
+
+    Args:
+        references: ``(B, N, *D)`` reference sources ``x``.
+        estimates: ``(B, N, *D)`` estimates ``x_hat``.
+        snr_max_db: ``SNR_max`` in dB (30 dB; ``inf`` for no threshold).
+        eps: added inside the logarithm so that an exact estimate of an all-zero reference stays
+            finite (in squared data units).
+
+    Returns:
+        ``(B, N)`` losses in dB (lower is better).
+    """
+    tau = 10.0 ** (-snr_max_db / 10.0)
+    err_energy = (references - estimates).pow(2).flatten(2).sum(-1)
+    ref_energy = references.pow(2).flatten(2).sum(-1)
+    return 10.0 * torch.log10(err_energy + tau * ref_energy + eps)
+
+
+def pairwise_log_mse(
+    references: Tensor, estimates: Tensor, snr_max_db: float = 30.0, eps: float = 1e-8
+) -> Tensor:
+    """:func:`log_mse` of every estimate against every reference, the cost matrix of the PIT
+    loss (SURF eq. 3) for :func:`methods.pit.pit_from_pairwise`.
+
+    Args:
+        references: ``(B, K, *D)``.
+        estimates: ``(B, K, *D)``.
+        snr_max_db: ``SNR_max`` in dB (see :func:`log_mse`).
+        eps: see :func:`log_mse`.
+
+    Returns:
+        ``(B, K, K)`` with ``cost[b, i, j] = l(references[b, j], estimates[b, i])`` (row:
+        estimate, column: reference, the convention of :func:`methods.pit.pit_from_pairwise`).
+    """
+    batch, num = estimates.shape[:2]
+    shape = (batch, num, num, *estimates.shape[2:])
+    refs = references[:, None].expand(shape).reshape(batch, num * num, *shape[3:])  # [i, j] -> j
+    ests = estimates[:, :, None].expand(shape).reshape(batch, num * num, *shape[3:])  # -> i
+    return log_mse(refs, ests, snr_max_db, eps).reshape(batch, num, num)
 
 
 LOSSES = {"mse": squared_error, "snr": negative_thresholded_snr}

@@ -18,6 +18,9 @@ Training step (Algorithm 2; line numbers of Algorithm 1 in brackets):
     [15] Adam step on theta
     [16] theta_T <- alpha theta_T + (1 - alpha) theta     EMA teacher
 
+Lines [3]-[4] are :meth:`_Surf.teacher_sources`; supervised flow matching (FLOSS,
+:mod:`methods.floss`) replaces them by ground-truth sources and shares every other line.
+
 Norms are averaged over elements as in Code Listing 1 (``.mean()``), which rescales the loss by
 a constant. The hybrid threshold beta follows :func:`methods.ema.beta_schedule` (1 -> 0 linearly
 over ``surf.beta_decay_steps``) or a constant (``surf.beta``). Student and EMA teacher start from
@@ -145,12 +148,24 @@ class _Surf(Method):
     def loss(self, residual: Tensor, upsilon: Tensor, perm: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def teacher_sources(self, step: int, generator: torch.Generator) -> Tensor:
+        """Where ``X_bar`` comes from, Algorithm 1 lines [3]-[4]: draw ``M ~ p(M)`` and sample
+        the hybrid teacher ``X_bar ~ p_theta_T(X_bar | M)`` (App. D.3) at ``beta(step)``.
+
+        Supervised flow matching (:class:`methods.floss.Floss`) overrides this with ground-truth
+        sources and otherwise shares :meth:`train_step`.
+
+        Returns:
+            ``(B, K, *D)`` teacher sources, ``B = train.batch_size``.
+        """
+        mixtures = self.task.sample_mixtures(self.config.train.batch_size, generator)  # [3] M
+        return self.teacher_sample(mixtures, self.beta(step), generator)  # [4] X_bar
+
     def train_step(self, step: int, generator: torch.Generator) -> dict[str, float]:
         cfg = self.config
         k = self.task.num_sources
         beta = self.beta(step)
-        mixtures = self.task.sample_mixtures(cfg.train.batch_size, generator)  # [3] M
-        teacher_est = self.teacher_sample(mixtures, beta, generator)  # [4] X_bar
+        teacher_est = self.teacher_sources(step, generator)  # [3] M, [4] X_bar
         remixed = remix(teacher_est, generator)  # [5-6] eq. (14), (15)
         x1, m_tilde = remixed.sources, remixed.mixtures
         t = self._sample_t(x1.shape[0], generator)  # [7]
