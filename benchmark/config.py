@@ -26,6 +26,7 @@ __all__ = [
     "PRESETS",
     "ConfigError",
     "EvalConfig",
+    "MixCycleConfig",
     "MixITConfig",
     "NetConfig",
     "RemixConfig",
@@ -183,6 +184,25 @@ class SupervisedConfig:
 
 
 @dataclass
+class MixCycleConfig:
+    """MixCycle settings (Karamatli and Kirbiz 2022, §III-B, Fig. 3).
+
+    Attributes:
+        mixpit_steps: the switch point: iterations ``0 .. mixpit_steps - 1`` train with MixPIT
+            (Fig. 3, "if epoch <= I": initialisation with MixPIT), every later iteration with
+            the MixCycle remix. The paper counts ``I = 50`` epochs (§IV-C), an epoch being one
+            pass over its training set of observed mixtures; on Libri2Mix that is the first
+            sixth or less of a run (Fig. 4: the jump at epoch 51 of the >= 300 shown). The image
+            tasks draw mixtures on the fly and presets fix a step budget instead of epochs, so
+            the presets keep that share: ``mixpit_steps`` is about ``train.steps / 6`` (``cpu``
+            200 of 1,200; ``paper`` 33,000 of 200,000). The value is a step count and does not
+            follow a later ``--set train.steps=...``.
+    """
+
+    mixpit_steps: int = 33_000
+
+
+@dataclass
 class EvalConfig:
     """Evaluation settings.
 
@@ -212,6 +232,7 @@ class RunConfig:
     remix: RemixConfig = field(default_factory=RemixConfig)
     surf: SurfConfig = field(default_factory=SurfConfig)
     supervised: SupervisedConfig = field(default_factory=SupervisedConfig)
+    mixcycle: MixCycleConfig = field(default_factory=MixCycleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     teacher: str = ""  # hash of the MixIT run this run starts from ("" when none)
     overrides: tuple[str, ...] = ()  # the user's --set values, for labelling table rows
@@ -247,7 +268,10 @@ PRESETS: dict[str, dict[str, Any]] = {
             "remix.ema_decay": 0.9,
             "surf.ema_decay": 0.9,
         },
-        "methods": {},
+        "methods": {
+            # half of the 6 steps, so that a smoke run goes through both MixCycle phases
+            "mixcycle": {"mixcycle.mixpit_steps": 3},
+        },
     },
     "cpu": {
         "description": "a real but small run: all five image methods on 2 CPU cores in < 60 min",
@@ -281,10 +305,12 @@ PRESETS: dict[str, dict[str, Any]] = {
             # clean-source references (SURF Table 1 top rows): steps as the method they mirror
             "supervised": {"train.steps": 1200},
             "floss": {"train.steps": 800},
+            "mixpit": {"train.steps": 1200},
+            "mixcycle": {"train.steps": 1200, "mixcycle.mixpit_steps": 200},
         },
     },
     "paper": {
-        "description": "SURF Table 6 / App. D (NCSN++ nf=64, 15.8M params/net, B=256, 5-step Euler)",
+        "description": "SURF Table 6 / App. D (NCSN++ nf=64, 15.8M params, B=256, 5-step Euler)",
         "common": {
             "net.nf": 64,
             "net.ch_mult": (1, 2, 2, 2),
@@ -310,6 +336,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             "surf_sr": {"train.steps": 400_000},
             "supervised": {"train.steps": 200_000},
             "floss": {"train.steps": 400_000},
+            "mixpit": {"train.steps": 200_000},
+            "mixcycle": {"train.steps": 200_000, "mixcycle.mixpit_steps": 33_000},
         },
     },
 }
@@ -486,6 +514,13 @@ def validate(cfg: RunConfig) -> None:
     if not cfg.supervised.snr_max > 0:  # also rejects NaN
         raise ConfigError(
             f"supervised.snr_max must be > 0 dB (inf: no threshold), got {cfg.supervised.snr_max}"
+        )
+    if cfg.mixcycle.mixpit_steps < 0:
+        raise ConfigError(f"mixcycle.mixpit_steps must be >= 0, got {cfg.mixcycle.mixpit_steps}")
+    if cfg.method == "mixcycle" and cfg.train.batch_size % 2:
+        raise ConfigError(
+            "mixcycle pairs the observed mixtures of a batch (Fig. 3): train.batch_size must be "
+            f"even, got {cfg.train.batch_size}"
         )
     _validate_mixit_options(cfg.mixit)
 
