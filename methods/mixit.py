@@ -50,8 +50,6 @@ class MixIT(Method):
         ).to(self.device)
         self.optimizer = make_optimizer(self.model.parameters(), cfg.train.lr)
         self.loss_fn = signal_loss(cfg.mixit.loss, cfg.mixit.snr_max)
-        if hasattr(self.task, "single_source_prob"):
-            self.task.single_source_prob = cfg.mixit.single_source_prob
 
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.model}
@@ -61,7 +59,9 @@ class MixIT(Method):
 
     def train_step(self, step: int, generator: torch.Generator) -> dict[str, float]:
         batch = self.config.train.batch_size
-        references = self.task.sample_mixit_references(batch, generator)  # 1. x_n (B, 2, *D)
+        references = self.task.sample_mixit_references(
+            batch, generator, self.config.mixit.single_source_prob
+        )  # 1. x_n (B, 2, *D)
         mom = references.sum(dim=1)  # 2. x_bar = sum_n x_n
         estimates = self.model(mom)  # 3. s_hat (B, M, *D)
         opts = self.config.mixit

@@ -57,7 +57,7 @@ from benchmark.registry import register_method
 from methods.base import Method, make_optimizer, optimize
 from methods.losses import signal_loss
 from methods.models import RegressionSeparator
-from methods.pit import all_permutations, apply_permutation
+from methods.pit import apply_permutation, pit_loss
 
 __all__ = [
     "PAPER_SNR_MAX_DB",
@@ -67,45 +67,10 @@ __all__ = [
     "mixcycle_loss",
     "mixcycle_remix",
     "mixpit_loss",
-    "pit_loss",
 ]
 
 #: SNR_max of the thresholded-SNR loss, eq. (2): "we use SNR_max = 30 dB as in [7]" (§II-A)
 PAPER_SNR_MAX_DB = 30.0
-
-
-def pit_loss(
-    references: Tensor, estimates: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor]
-) -> tuple[Tensor, Tensor]:
-    """Utterance-level PIT, eq. (1): ``min_P sum_r L(s_r, [P S_hat]_r)``, exhaustive over S_N.
-
-    Args:
-        references: ``(B, N, *D)`` references ``s_r``.
-        estimates: ``(B, N, *D)`` estimates ``S_hat``.
-        loss_fn: per-signal loss ``(refs (B, N, *D), est (B, N, *D)) -> (B, N)``, e.g. the
-            negative thresholded SNR of eq. (2).
-
-    Returns:
-        ``(loss, perm)``: ``loss`` ``(B,)`` the minimum (differentiable with respect to
-        ``estimates``), ``perm`` ``(B, N)`` the minimising permutation: reference ``r`` is
-        matched with estimate ``perm[b, r]``. Ties resolve to the identity.
-    """
-    batch, num = references.shape[:2]
-    if estimates.shape[:2] != (batch, num):
-        raise ValueError(
-            f"PIT needs as many estimates as references, got {tuple(estimates.shape[:2])} "
-            f"estimates for {tuple(references.shape[:2])} references"
-        )
-    perms = all_permutations(num, references.device)  # (P, N)
-    totals = torch.stack(
-        [
-            loss_fn(references, apply_permutation(estimates, p.expand(batch, num))).sum(-1)
-            for p in perms
-        ],
-        dim=1,
-    )  # (B, P)
-    best = totals.argmin(dim=1)
-    return totals.gather(1, best[:, None]).squeeze(1), perms[best]
 
 
 def mixpit_loss(

@@ -13,6 +13,7 @@ K = 2 for images and K <= 4 for audio), fully vectorized over the batch.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from functools import lru_cache
 
 import torch
@@ -24,6 +25,7 @@ __all__ = [
     "invert_permutation",
     "pairwise_squared_error",
     "pit_from_pairwise",
+    "pit_loss",
     "pit_permutation",
 ]
 
@@ -136,3 +138,37 @@ def pit_permutation(estimates: Tensor, references: Tensor) -> Tensor:
     """
     perm, _ = pit_from_pairwise(pairwise_squared_error(estimates, references))
     return perm
+
+
+def pit_loss(
+    references: Tensor, estimates: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor]
+) -> tuple[Tensor, Tensor]:
+    """Utterance-level PIT, eq. (1): ``min_P sum_r L(s_r, [P S_hat]_r)``, exhaustive over S_N.
+
+    Args:
+        references: ``(B, N, *D)`` references ``s_r``.
+        estimates: ``(B, N, *D)`` estimates ``S_hat``.
+        loss_fn: per-signal loss ``(refs (B, N, *D), est (B, N, *D)) -> (B, N)``, e.g. the
+            negative thresholded SNR of eq. (2).
+
+    Returns:
+        ``(loss, perm)``: ``loss`` ``(B,)`` the minimum (differentiable with respect to
+        ``estimates``), ``perm`` ``(B, N)`` the minimising permutation: reference ``r`` is
+        matched with estimate ``perm[b, r]``. Ties resolve to the identity.
+    """
+    batch, num = references.shape[:2]
+    if estimates.shape[:2] != (batch, num):
+        raise ValueError(
+            f"PIT needs as many estimates as references, got {tuple(estimates.shape[:2])} "
+            f"estimates for {tuple(references.shape[:2])} references"
+        )
+    perms = all_permutations(num, references.device)  # (P, N)
+    totals = torch.stack(
+        [
+            loss_fn(references, apply_permutation(estimates, p.expand(batch, num))).sum(-1)
+            for p in perms
+        ],
+        dim=1,
+    )  # (B, P)
+    best = totals.argmin(dim=1)
+    return totals.gather(1, best[:, None]).squeeze(1), perms[best]

@@ -75,8 +75,12 @@ class Task(ABC):
         """Training mixtures ``(B, *D)`` drawn on the fly (no sources: unsupervised input)."""
 
     @abstractmethod
-    def sample_mixit_references(self, batch_size: int, generator: torch.Generator) -> Tensor:
-        """Reference mixtures ``(B, 2, *D)`` whose sum is a MixIT mixture of mixtures."""
+    def sample_mixit_references(
+        self, batch_size: int, generator: torch.Generator, single_source_prob: float = 0.5
+    ) -> Tensor:
+        """Reference mixtures ``(B, 2, *D)`` whose sum is a MixIT mixture of mixtures; each
+        holds a single source with probability ``single_source_prob`` where the task has
+        single sources to offer (image tasks), else a regular mixture."""
 
     @abstractmethod
     def sample_sources(self, batch_size: int, generator: torch.Generator) -> Tensor:

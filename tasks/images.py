@@ -196,7 +196,9 @@ class ImageTask(Task):
         """``(B, C, H, W)`` training mixtures ``m = sum_k x^(k)`` (model convention)."""
         return self.sample_sources(batch_size, generator).sum(dim=1)
 
-    def sample_mixit_references(self, batch_size: int, generator: torch.Generator) -> Tensor:
+    def sample_mixit_references(
+        self, batch_size: int, generator: torch.Generator, single_source_prob: float = 0.5
+    ) -> Tensor:
         """``(B, 2, C, H, W)`` reference mixtures of one or K images (probability
         ``single_source_prob`` = 0.5 each, SURF D.4): mixtures of mixtures hold 2, 3 or 4 images
         with probabilities 25 / 50 / 25 % for K = 2. All images of a row are distinct."""
@@ -205,11 +207,9 @@ class ImageTask(Task):
         images = self._gather(idx).reshape(batch_size, 2, k, *self.sample_shape)
         keep = torch.ones(batch_size, 2, k, device=self.device)
         single = torch.rand(batch_size, 2, generator=generator, device=generator.device)
-        single = single < self.single_source_prob
+        single = single < single_source_prob
         keep[..., 1:] = (~single).to(self.device, keep.dtype)[..., None]
         return (images * keep.reshape(batch_size, 2, k, 1, 1, 1)).sum(dim=2)
-
-    single_source_prob: float = 0.5
 
     def eval_set(self) -> EvalSet:
         """Fixed ``(N, C, H, W)`` mixtures and ``(N, K, C, H, W)`` sources from the task seed."""

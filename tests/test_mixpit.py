@@ -23,8 +23,8 @@ from methods.mixpit import (
     mixcycle_loss,
     mixcycle_remix,
     mixpit_loss,
-    pit_loss,
 )
+from methods.pit import pit_loss
 from tasks.base import Task
 
 # --------------------------------------------------------------------------------------------
