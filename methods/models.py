@@ -129,12 +129,10 @@ class FlowVelocityNet(nn.Module):
         Returns:
             ``(B, K, C, H, W)`` with ``sum_k v^(k) = 0`` (output projection ``P_perp``).
         """
-        batch = x_t.shape[0]
         inp = torch.cat(
             [(2.0 * x_t - 1.0).flatten(1, 2), 2.0 * mixture / self.num_sources - 1.0], dim=1
         )
         out = self.unet(inp, t).reshape(x_t.shape)
-        del batch
         return project_zero_sum(out)
 
 
