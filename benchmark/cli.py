@@ -71,7 +71,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         methods = method_names()
     overrides = parse_overrides(args.set or [])
     runs = plan_runs(methods, args.task, args.seeds, args.preset, overrides, args.results_dir)
-    todo = prepare_runs(runs, retry_failed=args.retry_failed)
+    todo = prepare_runs(runs, retry_failed=args.retry_failed, weights_dir=args.weights_dir)
     device = args.device
     has_cuda = torch.cuda.is_available()
     device_label = device if device != "auto" else ("cuda" if has_cuda else "cpu")
@@ -100,7 +100,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print("nothing to do: every run is finished. `python -m benchmark table` shows them.")
         return 0
     counts = execute_plan(
-        todo, args.executor, args.data_root, args.results_dir, device, args.max_parallel
+        todo,
+        args.executor,
+        args.data_root,
+        args.results_dir,
+        device,
+        args.max_parallel,
+        weights_dir=args.weights_dir,
     )
     summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
     print(f"finished: {summary}. `python -m benchmark table --task {args.task}` shows results.")
@@ -110,7 +116,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_table(args: argparse.Namespace) -> int:
     from benchmark.tables import render_table
 
-    print(render_table(args.results_dir, task=args.task, fmt=args.format, preset=args.preset))
+    print(
+        render_table(
+            args.results_dir, task=args.task, fmt=args.format, preset=args.preset, which=args.which
+        )
+    )
     return 0
 
 
@@ -154,6 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--data-root", type=Path, default=default_data_root())
     p_run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p_run.add_argument(
+        "--weights-dir",
+        type=Path,
+        default=Path(os.environ["BENCHMARK_WEIGHTS_DIR"])
+        if os.environ.get("BENCHMARK_WEIGHTS_DIR")
+        else None,
+        help="extra folder with the LPIPS/FID/IS weights files (the torch hub cache "
+        "$TORCH_HOME/hub/checkpoints is always searched; default $BENCHMARK_WEIGHTS_DIR)",
+    )
+    p_run.add_argument(
         "--max-parallel", type=int, default=1, help="local jobs running at once (default 1)"
     )
     p_run.add_argument(
@@ -165,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_table.add_argument("--task", default=None, help="only this task")
     p_table.add_argument("--preset", default=None, help="only this preset")
     p_table.add_argument("--format", default="md", choices=["md", "latex", "csv"])
+    p_table.add_argument(
+        "--which",
+        default="table1",
+        choices=["table1", "table2"],
+        help="SURF Table 1 (PSNR, LPIPS, SSIM, FID) or Table 2 (Inception Score, FID)",
+    )
     p_table.add_argument("--results-dir", type=Path, default=default_results_dir())
     p_table.set_defaults(func=_cmd_table)
     return parser

@@ -29,6 +29,7 @@ __all__ = [
     "MixCycleConfig",
     "MixITConfig",
     "NetConfig",
+    "PerceptualConfig",
     "RemixConfig",
     "RunConfig",
     "SupervisedConfig",
@@ -219,6 +220,31 @@ class EvalConfig:
 
 
 @dataclass
+class PerceptualConfig:
+    """Perceptual image metrics (SURF Tables 1 and 2; ``tasks/perceptual.py``).
+
+    Evaluation-only: this section is in no method's ``config_sections``, so it never changes a
+    run's results-store address; the values used are recorded in ``metrics.json`` next to the
+    numbers, and ``run`` re-evaluates a finished run (no retraining) when they change.
+
+    Attributes:
+        enabled: compute LPIPS, FID and IS on image tasks.
+        fid_reference_images: clean test images in the FID reference set (all 10,000 of the
+            test split in ``paper``; a random subset drawn with the task seed when smaller).
+        table2_mixtures: extra mixtures separated for SURF Table 2 (IS and FID of their
+            ``K x table2_mixtures`` separated images; 25,000 in the paper); 0 skips Table 2.
+        isc_splits: Inception Score splits (10, the standard; reduced to the image count).
+        batch_size: images per LPIPS / Inception forward pass.
+    """
+
+    enabled: bool = True
+    fid_reference_images: int = 10_000
+    table2_mixtures: int = 25_000
+    isc_splits: int = 10
+    batch_size: int = 200
+
+
+@dataclass
 class RunConfig:
     """Everything that defines one run (method x task x seed x settings)."""
 
@@ -234,6 +260,7 @@ class RunConfig:
     supervised: SupervisedConfig = field(default_factory=SupervisedConfig)
     mixcycle: MixCycleConfig = field(default_factory=MixCycleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    perceptual: PerceptualConfig = field(default_factory=PerceptualConfig)
     teacher: str = ""  # hash of the MixIT run this run starts from ("" when none)
     overrides: tuple[str, ...] = ()  # the user's --set values, for labelling table rows
 
@@ -267,6 +294,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             "eval.euler_steps": 2,
             "remix.ema_decay": 0.9,
             "surf.ema_decay": 0.9,
+            "perceptual.fid_reference_images": 32,
+            "perceptual.table2_mixtures": 8,
         },
         "methods": {
             # half of the 6 steps, so that a smoke run goes through both MixCycle phases
@@ -295,6 +324,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             # and a flow noise scale of 0.3 beats 1.0 for SURF (18.2 vs 15.9 dB at 1,200 steps).
             "mixit.loss": "snr",
             "surf.noise_scale": 0.3,
+            "perceptual.fid_reference_images": 1000,
+            "perceptual.table2_mixtures": 500,
         },
         "methods": {
             "mixit": {"train.steps": 1200},
@@ -523,6 +554,19 @@ def validate(cfg: RunConfig) -> None:
             f"even, got {cfg.train.batch_size}"
         )
     _validate_mixit_options(cfg.mixit)
+    _validate_perceptual(cfg.perceptual)
+
+
+def _validate_perceptual(perceptual: PerceptualConfig) -> None:
+    """Counts of the perceptual metrics (FID needs at least 2 reference images)."""
+    if perceptual.fid_reference_images < 2:
+        raise ConfigError(
+            f"perceptual.fid_reference_images must be >= 2, got {perceptual.fid_reference_images}"
+        )
+    for name in ("table2_mixtures", "isc_splits", "batch_size"):
+        value = getattr(perceptual, name)
+        if value < (0 if name == "table2_mixtures" else 1):
+            raise ConfigError(f"perceptual.{name} must be positive, got {value}")
 
 
 def _validate_mixit_options(mixit: MixITConfig) -> None:

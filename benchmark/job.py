@@ -21,6 +21,7 @@ import torch
 
 from benchmark import CODE_VERSION
 from benchmark.config import RunConfig, from_dict
+from benchmark.perceptual_eval import perceptual_stage
 from benchmark.registry import get_method, get_task
 from benchmark.store import (
     atomic_torch_save,
@@ -227,14 +228,17 @@ def _train(method, cfg: RunConfig, run_dir: Path, device: torch.device) -> tuple
 
 
 @torch.no_grad()
-def evaluate(method, task, cfg: RunConfig, run_dir: Path | None = None) -> pd.DataFrame:
+def evaluate(
+    method, task, cfg: RunConfig, run_dir: Path | None = None, return_estimates: bool = False
+):
     """Separate the fixed evaluation set and score it.
 
     The sampling noise of generative methods is seeded by the method seed, so evaluation is
     reproducible; the mixtures themselves depend only on the task seed.
 
     Returns:
-        Per-mixture scores (see the task's ``score``).
+        Per-mixture scores (see the task's ``score``); with ``return_estimates``, the pair
+        ``(scores, estimates)`` with the ``(N, K, *D)`` estimates on the CPU.
     """
     method.eval_mode()
     data = task.eval_set()
@@ -250,10 +254,13 @@ def evaluate(method, task, cfg: RunConfig, run_dir: Path | None = None) -> pd.Da
     if progress:
         progress.close()
     estimates_t = torch.cat(estimates)
-    return task.score(estimates_t, data.sources.cpu(), data.mixtures.cpu())
+    scores = task.score(estimates_t, data.sources.cpu(), data.mixtures.cpu())
+    return (scores, estimates_t) if return_estimates else scores
 
 
-def execute_run(run_dir: str, data_root: str, device: str = "auto") -> dict[str, Any]:
+def execute_run(
+    run_dir: str, data_root: str, device: str = "auto", weights_dir: str | None = None
+) -> dict[str, Any]:
     """Train (or resume) and evaluate one planned run; record everything in ``run_dir``.
 
     The run's status ends as ``done``, ``diverged`` (NaN/inf loss) or ``failed`` (any other
@@ -264,6 +271,8 @@ def execute_run(run_dir: str, data_root: str, device: str = "auto") -> dict[str,
         run_dir: the run folder (holding ``config.json``) prepared by the runner.
         data_root: dataset root folder.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``, ...
+        weights_dir: extra folder searched for the perceptual metrics' pretrained weights
+            (``--weights-dir``; the torch hub cache is always searched).
 
     Returns:
         The metrics dict also written to ``metrics.json``.
@@ -305,8 +314,10 @@ def execute_run(run_dir: str, data_root: str, device: str = "auto") -> dict[str,
                 path / "model.pt", {n: m.state_dict() for n, m in method.modules().items()}
             )
         t_eval = time.time()
-        scores = evaluate(method, task, cfg, path)
+        scores, estimates = evaluate(method, task, cfg, path, return_estimates=True)
         eval_time = time.time() - t_eval
+        perceptual = perceptual_stage(method, task, cfg, estimates, scores, dev, weights_dir)
+        del estimates
         atomic_write_parquet(path / "scores.parquet", scores)
         metric_names = list(task.metrics)
         metrics: dict[str, Any] = {m: float(scores[m].mean()) for m in metric_names}
@@ -317,6 +328,7 @@ def execute_run(run_dir: str, data_root: str, device: str = "auto") -> dict[str,
             eval_time_s=eval_time,
             final_loss=curve[-1]["loss"] if curve else None,
         )
+        metrics.update(perceptual)
         atomic_write_json(path / "metrics.json", metrics)
         atomic_write_json(
             path / "meta.json",

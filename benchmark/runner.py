@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.config import RunConfig, config_hash, resolve_config, to_dict
+from benchmark.perceptual_eval import needs_refresh
 from benchmark.registry import get_method, get_task
 from benchmark.store import atomic_write_json, read_json, read_status, run_dir_for, write_status
 
@@ -117,12 +118,16 @@ def plan_runs(
     return sorted(runs.values(), key=lambda r: (r.stage, r.config.method, r.config.seed))
 
 
-def prepare_runs(runs: list[PlannedRun], retry_failed: bool = False) -> list[PlannedRun]:
+def prepare_runs(
+    runs: list[PlannedRun], retry_failed: bool = False, weights_dir: Path | None = None
+) -> list[PlannedRun]:
     """Create run folders and pick the runs to execute.
 
     Finished runs (``done``) are skipped; ``failed`` and ``diverged`` runs are skipped unless
     ``retry_failed``; everything else (new, pending, running-but-dead, interrupted) is executed
-    and resumes from its checkpoint when it has one.
+    and resumes from its checkpoint when it has one. A finished image run whose perceptual
+    metrics are missing, stale or now computable (weights placed since) is re-evaluated
+    without retraining (``benchmark.perceptual_eval.needs_refresh``).
 
     Returns:
         The runs to execute, in stage order.
@@ -142,7 +147,7 @@ def prepare_runs(runs: list[PlannedRun], retry_failed: bool = False) -> list[Pla
                 },
             )
         state = run.state
-        if state == "done":
+        if state == "done" and not needs_refresh(run.run_dir, run.config, weights_dir):
             continue
         if state in ("failed", "diverged") and not retry_failed:
             continue
@@ -218,6 +223,7 @@ def execute_plan(
     device: str = "auto",
     max_parallel: int = 1,
     timeout_min: int = 7 * 24 * 60,
+    weights_dir: Path | None = None,
 ) -> dict[str, int]:
     """Run the planned runs stage by stage through submitit; one failure never stops the rest
     (runs whose teacher did not finish are marked failed with that reason).
@@ -244,7 +250,13 @@ def execute_plan(
                     )
                     display.finish(run, _finish_message(run, time.time()))
                     continue
-                run.job = executor.submit(execute_run, str(run.run_dir), str(data_root), device)
+                run.job = executor.submit(
+                    execute_run,
+                    str(run.run_dir),
+                    str(data_root),
+                    device,
+                    str(weights_dir) if weights_dir else None,
+                )
                 active.append((run, time.time()))
             for run, started in list(active):
                 if executor_name == "debug" or run.job.done():

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmark.perceptual_eval import unavailable_notes
 from benchmark.registry import get_method, get_task
 from benchmark.store import iter_run_dirs, read_json, read_status
 
@@ -35,6 +36,8 @@ METHOD_ORDER = [
 ]
 #: metric columns of SURF Table 1 and their direction
 TABLE1_METRICS = {"psnr": "↑", "lpips": "↓", "ssim": "↑", "fid": "↓"}
+#: metrics of SURF Table 2 (IS and FID of the extra separation set, benchmark/perceptual_eval.py)
+TABLE2_METRICS = ("table2_is", "table2_is_std", "table2_fid")
 PAPER_DIR = Path(__file__).resolve().parent.parent / "results" / "paper"
 
 
@@ -68,8 +71,8 @@ def collect_results(results_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
                 "final_loss",
             ):
                 continue
-            if value is None:
-                continue
+            if value is None or isinstance(value, (dict, list, str)):
+                continue  # None: not computed (reason in the "perceptual" record)
             score_rows.append({**key, "metric": metric, "value": float(value), "n_mixtures": n_mix})
     scores = pd.DataFrame(
         score_rows,
@@ -116,7 +119,7 @@ def _fmt(mean: float, std: float, n: int, digits: int) -> str:
 
 
 def _digits(metric: str) -> int:
-    return 2 if metric in ("psnr", "fid", "si_sdr", "si_sdri") else 3
+    return 2 if metric in ("psnr", "fid", "si_sdr", "si_sdri", *TABLE2_METRICS) else 3
 
 
 def _method_label(method: str) -> tuple[str, str, str]:
@@ -184,19 +187,93 @@ def _block(summary: pd.DataFrame, task: str, preset: str, runs: pd.DataFrame) ->
         "mixtures, paper-scale training); numbers at the smoke/cpu presets are not comparable "
         "in magnitude.",
     ]
+    done_dirs = list(
+        runs[(runs.task == task) & (runs.preset == preset) & (runs.state == "done")].run_dir
+    )
+    reasons, how = unavailable_notes(done_dirs)
+    notes += how
     if not_computed:
-        notes.append(
-            "n/a: not computed (LPIPS and FID are not implemented yet; no number is "
-            "reported for a metric that was not computed)."
-        )
+        notes.append("n/a: not computed; no number is reported for a metric that was not computed.")
+        notes += [f"n/a reason: {reason}" for reason in reasons]
     pending = runs[(runs.task == task) & (runs.preset == preset) & (runs.state != "done")]
     for row in pending.itertuples(index=False):
         notes.append(f"Not finished: {row.method} seed {row.seed} ({row.state}).")
     return "\n".join(lines + notes)
 
 
+def _cell(part: pd.DataFrame, method: str, variant: str, metric: str):
+    hit = part[(part.method == method) & (part.variant == variant) & (part.metric == metric)]
+    return hit.iloc[0] if len(hit) else None
+
+
+def _fmt_row(row, digits: int = 2) -> str:
+    return "n/a" if row is None else _fmt(row["mean"], row["std"], int(row["n"]), digits)
+
+
+def _block_table2(summary: pd.DataFrame, task: str, preset: str, runs: pd.DataFrame) -> str:
+    """SURF Table 2: Inception Score and FID of the extra separation set, paper beside."""
+    part = summary[(summary.task == task) & (summary.preset == preset)]
+    try:
+        title = get_task(task).display_name
+    except KeyError:
+        title = task
+    cols = ["Method", "Inception Score ↑", "IS split std", "paper IS", "FID ↓", "paper FID"]
+    lines = [
+        f"### {title} · preset `{preset}` · SURF Table 2",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
+    ]
+    paper_rows = paper_numbers()
+    paper_rows = paper_rows[paper_rows.task == task]
+
+    def paper(method: str, metric: str) -> float | None:
+        hit = paper_rows[(paper_rows.method == method) & (paper_rows.metric == metric)]
+        return float(hit["value"].iloc[0]) if len(hit) else None
+
+    not_computed = False
+    rows = part[["method", "variant"]].drop_duplicates()
+    for method, variant in sorted(
+        rows.itertuples(index=False), key=lambda r: (_order(r.method), r.variant)
+    ):
+        name = _method_label(method)[0] + (f" [{variant}]" if variant else "")
+        cells = [name]
+        is_row = _cell(part, method, variant, "table2_is")
+        std_row = _cell(part, method, variant, "table2_is_std")
+        fid_row = _cell(part, method, variant, "table2_fid")
+        cells.append(_fmt_row(is_row))
+        cells.append(f"{std_row['mean']:.2f}" if std_row is not None else "n/a")
+        p_is, p_std = paper(method, "table2_is"), paper(method, "table2_is_std")
+        cells.append("–" if p_is is None else f"{p_is:.2f} ± {p_std:.2f}")
+        cells.append(_fmt_row(fid_row))
+        p_fid = paper(method, "table2_fid")
+        cells.append("–" if p_fid is None else f"{p_fid:.2f}")
+        not_computed |= is_row is None or fid_row is None
+        lines.append("| " + " | ".join(cells) + " |")
+    done_dirs = list(
+        runs[(runs.task == task) & (runs.preset == preset) & (runs.state == "done")].run_dir
+    )
+    reasons, how = unavailable_notes(done_dirs, groups=("table2",))
+    notes = [
+        "",
+        "Cells: mean ± std over seeds (number of seeds); IS split std: the Inception Score's "
+        "std over its splits (mean over seeds), the ± of the paper's column. `paper`: SURF "
+        "Table 2 (CIFAR-10, 25,000 mixtures = 50,000 separated images; its 'Average' row is "
+        "the mixture row).",
+        *how,
+    ]
+    if not_computed:
+        notes.append("n/a: not computed; no number is reported for a metric that was not computed.")
+        notes += [f"n/a reason: {reason}" for reason in reasons]
+    return "\n".join(lines + notes)
+
+
 def render_table(
-    results_dir: Path, task: str | None = None, fmt: str = "md", preset: str | None = None
+    results_dir: Path,
+    task: str | None = None,
+    fmt: str = "md",
+    preset: str | None = None,
+    which: str = "table1",
 ) -> str:
     """Render the results table.
 
@@ -205,6 +282,11 @@ def render_table(
         task: restrict to one task (None: all tasks found).
         fmt: ``md``, ``latex`` or ``csv``.
         preset: restrict to one preset.
+        which: ``table1`` (SURF Table 1: PSNR, LPIPS, SSIM, FID and the task's metrics) or
+            ``table2`` (SURF Table 2: Inception Score and FID of the extra separation set).
+
+    Raises:
+        ValueError: unknown ``which``.
 
     Returns:
         The table as text (a hint when there are no results yet).
@@ -214,7 +296,11 @@ def render_table(
         scores, runs = scores[scores.task == task], runs[runs.task == task]
     if preset is not None:
         scores, runs = scores[scores.preset == preset], runs[runs.preset == preset]
+    if which not in ("table1", "table2"):
+        raise ValueError(f"unknown table {which!r}; valid: table1, table2")
     summary = summarize(scores)
+    if which == "table2" and fmt != "md":
+        summary = summary[summary.metric.isin(TABLE2_METRICS)]
     if fmt == "csv":
         return summary[
             ["task", "preset", "method", "variant", "metric", "mean", "std", "n", "paper"]
@@ -241,6 +327,7 @@ def render_table(
         )
         return wide.to_latex()
     blocks = []
+    block = _block_table2 if which == "table2" else _block
     for t, p in sorted(summary[["task", "preset"]].drop_duplicates().itertuples(index=False)):
-        blocks.append(_block(summary, t, p, runs))
+        blocks.append(block(summary, t, p, runs))
     return "\n\n".join(blocks)
