@@ -3,7 +3,8 @@
 Protocol (BASIS convention): estimates are clamped to [0, 1] and scored per image with
 ``data_range = 1``; for each mixture the source permutation maximising the summed PSNR is chosen
 and reused for SSIM; scores are averaged over sources, then over mixtures.
-LPIPS / FID / IS are added by a later issue; :data:`PERCEPTUAL_METRICS` names their columns.
+LPIPS (with the permutation chosen here), FID and IS are computed by ``tasks/perceptual.py``
+(driven by ``benchmark/perceptual_eval.py``); :data:`PERCEPTUAL_METRICS` names the Table 1 ones.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from methods.pit import all_permutations
 
 __all__ = ["PERCEPTUAL_METRICS", "image_separation_scores"]
 
-#: metrics reserved for the perceptual-metrics issue (shown as "n/a" until computed)
+#: Table 1's perceptual metrics (shown as "n/a", with the reason, when not computed)
 PERCEPTUAL_METRICS = ("lpips", "fid")
 
 

@@ -221,3 +221,42 @@ def test_without_weights_na_with_reason_then_placed_weights_fill_the_columns(
     table2 = _table(results, capsys, "table2")
     row2 = next(line for line in table2.splitlines() if line.startswith("| Mixture"))
     assert "n/a" not in row2 and f"{metrics['table2_fid']:.2f}" in row2
+
+
+def test_perceptual_settings_never_enter_a_run_hash():
+    from benchmark.config import config_hash, parse_overrides, resolve_config
+    from benchmark.registry import get_method, method_names
+
+    changed = parse_overrides(["perceptual.table2_mixtures=3", "perceptual.enabled=false"])
+    for method in method_names():
+        sections = get_method(method).config_sections
+        assert "perceptual" not in sections
+        for preset in ("smoke", "cpu", "paper"):
+            base = resolve_config(method, "mnist", 0, preset)
+            other = resolve_config(method, "mnist", 0, preset, changed)
+            assert config_hash(base, sections) == config_hash(other, sections)
+
+
+def test_finished_run_is_refreshed_only_when_needed(tmp_path, monkeypatch):
+    from benchmark.config import resolve_config, to_dict
+    from benchmark.perceptual_eval import needs_refresh
+    from benchmark.store import atomic_write_json, read_json
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cfg = resolve_config("mixit", "mnist", 0, "smoke")
+    run_dir = tmp_path / "run"
+    atomic_write_json(run_dir / "config.json", {"config": to_dict(cfg)})
+    atomic_write_json(run_dir / "metrics.json", {"psnr": 20.0})
+    assert needs_refresh(run_dir, cfg)  # made before perceptual metrics existed
+    missing = {"status": "unavailable", "reason": "r", "file": INCEPTION_FILE}
+    record = {"settings": to_dict(cfg.perceptual), "lpips": {"status": "done"}, "fid": missing}
+    atomic_write_json(run_dir / "metrics.json", {"psnr": 20.0, "perceptual": record})
+    assert not needs_refresh(run_dir, cfg)  # weights still missing: nothing to redo
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / INCEPTION_FILE).write_bytes(b"x")
+    assert needs_refresh(run_dir, cfg, tmp_path / "w")  # placed since
+    changed = resolve_config("mixit", "mnist", 0, "smoke", [(None, "perceptual.isc_splits", "5")])
+    assert needs_refresh(run_dir, changed)  # settings changed: config.json follows
+    assert read_json(run_dir / "config.json")["config"]["perceptual"]["isc_splits"] == 5
+    disabled = resolve_config("mixit", "mnist", 0, "smoke", [(None, "perceptual.enabled", "0")])
+    assert not needs_refresh(run_dir, disabled)
