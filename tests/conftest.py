@@ -21,6 +21,13 @@ def _data_root() -> Path:
     return REPO.parent / "shared" / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _hermetic_torch_home(tmp_path_factory) -> None:
+    """An empty torch hub cache: runs never pick up (or spend CPU time on) pretrained LPIPS /
+    Inception weights a developer has in ~/.cache; perceptual tests place their own."""
+    os.environ["TORCH_HOME"] = str(tmp_path_factory.mktemp("torch_home"))
+
+
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     """The real offline data (MNIST/CIFAR-10 test splits, FSDD). A missing folder is an error,
