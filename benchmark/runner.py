@@ -255,7 +255,8 @@ def execute_plan(
                     continue
                 if pool is not None:
                     slot_of[run.run_dir] = slot = pool.acquire()
-                    executor.update_parameters(gpus_per_node=1, visible_gpus=(slot,))
+                    # the job's shell sets the variable before Python starts (public local API)
+                    executor.update_parameters(local_setup=[f"export CUDA_VISIBLE_DEVICES={slot}"])
                 run.job = executor.submit(RunJob(), str(run.run_dir), str(data_root), device)
                 active.append((run, time.time()))
             for run, started in list(active):
