@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,8 @@ class StopSignals:
             raise Preempted(signum)
 
     def __enter__(self) -> StopSignals:
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signal handlers can only be installed in the main thread
         for signum in (*STOP_SIGNALS, _submitit_signal()):
             self.previous.setdefault(signum, signal.getsignal(signum))
             signal.signal(signum, self._handler)
@@ -129,6 +132,8 @@ class StopSignals:
         previous = self.previous.get(signum)
         if signum == _submitit_signal() and callable(previous):
             signal.signal(signum, previous)
+            # the requeue below makes SLURM send SIGTERM to this job, which is exiting anyway
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             previous(signum, None)
 
 

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from benchmark.cli import main
+from benchmark.slurm import queue_states
 from benchmark.store import iter_run_dirs, read_json, read_status
 
 REPO = Path(__file__).resolve().parent.parent
@@ -145,7 +146,7 @@ def test_requeued_job_resumes_from_checkpoint_with_identical_metrics(
     assert _slurm_run(results, data_root, *grid, *overrides) == 0  # returns at once
     (run_dir,) = [d for d in iter_run_dirs(results) if d.parent.name == "mixit"]
     job_id = read_json(run_dir / "job.json")["job_id"]
-    deadline = time.time() + 180
+    deadline = time.time() + 300
     while time.time() < deadline:
         progress = read_json(run_dir / "progress.json") or {}
         if progress.get("step", 0) >= 10:
@@ -170,12 +171,32 @@ def test_requeued_job_resumes_from_checkpoint_with_identical_metrics(
     assert "Not finished: mixit seed 0 (preempted)" in capsys.readouterr().out
     # a requeued job waits for its begin time (about 2 minutes); release it now
     subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True)
-    while read_status(run_dir)["state"] != "done" and time.time() < deadline:
+    while time.time() < deadline:
+        progress = read_json(run_dir / "progress.json") or {}
+        if progress.get("phase") == "train" and progress["step"] >= 30:
+            break
         assert read_status(run_dir)["state"] in ("preempted", "running"), read_status(run_dir)
+        time.sleep(0.1)
+    # submitit's own path: its timeout/preemption signal (USR2, what `#SBATCH --signal` sends
+    # before the time limit) -> our checkpoint -> RunJob.checkpoint() -> scontrol requeue
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+    while read_status(run_dir)["state"] == "running" and time.time() < deadline:
+        time.sleep(0.2)
+    second = read_status(run_dir)
+    assert second["state"] == "preempted" and "SIGUSR2" in second["error"], second
+    assert status["step"] < second["step"] < 60
+    while "PENDING" not in (queue_states([job_id]) or {}).get(job_id, ""):
+        assert time.time() < deadline
+        time.sleep(0.2)
+    subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True)
+    while read_status(run_dir)["state"] != "done" and time.time() < deadline:
         time.sleep(0.5)
     assert read_status(run_dir)["state"] == "done"
     log = (run_dir / "log.txt").read_text()
     assert f"resumed from checkpoint at step {status['step']}/60" in log
+    assert f"resumed from checkpoint at step {second['step']}/60" in log
+    submitit_log = "".join(p.read_text() for p in (results / "submitit" / job_id).glob("*_log.*"))
+    assert "Calling checkpoint method" in submitit_log and "Requeued job" in submitit_log
     curve = pd.read_csv(run_dir / "curve.csv")
     assert curve["step"].tolist() == list(range(5, 61, 5))  # no gap, no duplicate
 
