@@ -299,9 +299,13 @@ def wait_for_runs(
     while pending:
         queue = queue_states(list(pending.values()))
         for run_dir, job_id in list(pending.items()):
-            state = read_status(run_dir)["state"]
+            status = read_status(run_dir)
+            state = status["state"]
             if state in FINISHED:
                 del pending[run_dir]
+                label = "/".join(Path(run_dir).parts[-3:-1])
+                error = status.get("error", "")
+                print(f"  {state:<8} {label:<24} job {job_id}  {error}", flush=True)
                 continue
             if queue is not None and job_id not in queue:
                 missing[run_dir] = missing.get(run_dir, 0) + 1

@@ -146,7 +146,7 @@ def execute_todo(
             print(f"  skipped {run.label}: its job is still queued or running")
     todo = [run for run in todo if run.run_dir not in busy]
     if not todo:
-        return {} if not args.wait else {}
+        return None
     submitted = submit_runs(todo, cluster, args.data_root, args.results_dir, args.device)
     arrays = sorted({job_id.split("_")[0] for job_id in submitted.values()})
     print(
