@@ -130,6 +130,7 @@ def test_local_jobs_get_their_own_gpu_slot(data_root, tmp_path):
     # two concurrent local jobs (real submitit subprocesses) on a pool of GPUs "3" and "5"
     args = ["--methods", "mixit", "--task", "mnist", "--executor", "local", "--device", "cpu"]
     args += ["--max-parallel", "2", "--gpus", "3,5"]
+    args += ["--set", "train.steps=1", "task.eval_mixtures=8"]  # the jobs' content is not tested
     assert main(_smoke(tmp_path, data_root, *args)) == 0
     runs = list(iter_run_dirs(tmp_path))
     gpus = sorted(read_json(d / "meta.json")["cuda_visible_devices"] for d in runs)
