@@ -82,7 +82,7 @@ def test_sixteen_concurrent_writers_leave_sixteen_intact_records(tmp_path):
     assert leftovers == []
 
 
-def test_run_lock_keeps_a_second_invocation_off_a_running_run(data_root, tmp_path):
+def test_run_lock_keeps_a_second_invocation_off_a_running_run(data_root, tmp_path, capsys):
     from benchmark.job import execute_run
     from benchmark.runner import plan_runs, prepare_runs
 
@@ -98,6 +98,10 @@ def test_run_lock_keeps_a_second_invocation_off_a_running_run(data_root, tmp_pat
         assert read_status(mixit.run_dir)["pid"] == 12345  # status untouched
         assert mixit not in prepare_runs(runs)  # not planned again while locked
     assert not run_is_locked(mixit.run_dir)
+    # "running" but nobody holds the lock: a killed job, shown as stale and planned again
+    assert main(["status", "--results-dir", str(tmp_path)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if " mixit " in x)
+    assert line.split()[5] == "stale"
     assert mixit in prepare_runs(runs)
 
 
