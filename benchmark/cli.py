@@ -1,4 +1,4 @@
-"""Command line: ``python -m benchmark list | run | table``.
+"""Command line: ``python -m benchmark list | run | status | table``.
 
 Run ``python -m benchmark <command> --help`` for the options.
 """
@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from benchmark.config import PRESETS, ConfigError, parse_overrides
+from benchmark.submit import add_execution_arguments
 
 __all__ = ["main"]
 
@@ -64,13 +65,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import torch
 
     from benchmark.registry import method_names
-    from benchmark.runner import execute_plan, plan_runs, prepare_runs
+    from benchmark.runner import plan_runs, prepare_runs
+    from benchmark.status import render_dry_run
+    from benchmark.submit import cluster_options_from_args, execute_todo
 
     methods = _csv_list(args.methods)
     if methods == ["all"]:
         methods = method_names()
     overrides = parse_overrides(args.set or [])
     runs = plan_runs(methods, args.task, args.seeds, args.preset, overrides, args.results_dir)
+    cluster = cluster_options_from_args(args)
+    if args.dry_run:
+        size = cluster.max_array_size if cluster else 0
+        print(render_dry_run(runs, args.retry_failed, args.executor, size))
+        return 0
     todo = prepare_runs(runs, retry_failed=args.retry_failed, weights_dir=args.weights_dir)
     device = args.device
     has_cuda = torch.cuda.is_available()
@@ -99,18 +107,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not todo:
         print("nothing to do: every run is finished. `python -m benchmark table` shows them.")
         return 0
-    counts = execute_plan(
-        todo,
-        args.executor,
-        args.data_root,
-        args.results_dir,
-        device,
-        args.max_parallel,
-        weights_dir=args.weights_dir,
-    )
+    counts = execute_todo(todo, args, cluster)
+    if counts is None:  # submitted to SLURM, not waiting
+        return 0
     summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
     print(f"finished: {summary}. `python -m benchmark table --task {args.task}` shows results.")
     return 0 if set(counts) <= {"done"} else 1
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from benchmark.status import render_status
+
+    print(render_status(args.results_dir))
+    return 0
 
 
 def _cmd_table(args: argparse.Namespace) -> int:
@@ -157,8 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument(
         "--executor",
         default="local",
-        choices=["local", "debug"],
-        help="submitit executor: local subprocess jobs or in-process debug",
+        choices=["local", "debug", "slurm"],
+        help="submitit executor: local subprocess jobs, in-process debug, or SLURM job arrays",
     )
     p_run.add_argument("--results-dir", type=Path, default=default_results_dir())
     p_run.add_argument("--data-root", type=Path, default=default_data_root())
@@ -178,7 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument(
         "--retry-failed", action="store_true", help="also re-run runs that failed or diverged"
     )
+    add_execution_arguments(p_run)
     p_run.set_defaults(func=_cmd_run)
+
+    p_status = sub.add_parser("status", help="state of every run in the results folder")
+    p_status.add_argument("--results-dir", type=Path, default=default_results_dir())
+    p_status.set_defaults(func=_cmd_status)
 
     p_table = sub.add_parser("table", help="paper-style results table")
     p_table.add_argument("--task", default=None, help="only this task")

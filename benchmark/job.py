@@ -22,6 +22,7 @@ import torch
 from benchmark import CODE_VERSION
 from benchmark.config import RunConfig, from_dict
 from benchmark.perceptual_eval import perceptual_stage
+from benchmark.preempt import Preempted, RunLocked, StopSignals, run_lock
 from benchmark.registry import get_method, get_task
 from benchmark.store import (
     atomic_torch_save,
@@ -158,7 +159,9 @@ class _Progress:
             self.bar.close()
 
 
-def _checkpoint(path: Path, method, step: int, generator, curve, train_time: float) -> None:
+def _checkpoint(
+    path: Path, method, step: int, generator, curve, train_time: float, window=None
+) -> None:
     state = {
         "step": step,
         "modules": {n: m.state_dict() for n, m in method.modules().items()},
@@ -169,15 +172,21 @@ def _checkpoint(path: Path, method, step: int, generator, curve, train_time: flo
         "curve": curve,
         "extra": method.extra_state(),
         "train_time": train_time,
+        # losses of the iterations since the last curve record (a checkpoint written on a stop
+        # signal falls between records): restored so the resumed curve equals the uninterrupted
+        "window": window or {},
     }
     atomic_torch_save(path / "checkpoint.pt", state)
 
 
-def _train(method, cfg: RunConfig, run_dir: Path, device: torch.device) -> tuple[list, float]:
+def _train(
+    method, cfg: RunConfig, run_dir: Path, device: torch.device, stop: StopSignals | None = None
+) -> tuple[list, float]:
     steps = cfg.train.steps
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     curve: list[dict[str, float]] = []
     start, train_time = 0, 0.0
+    window_state: dict[str, list[float]] = {}
     ckpt_path = run_dir / "checkpoint.pt"
     if ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
@@ -191,13 +200,19 @@ def _train(method, cfg: RunConfig, run_dir: Path, device: torch.device) -> tuple
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         method.load_extra_state(state["extra"])
         start, curve, train_time = state["step"], state["curve"], state["train_time"]
+        window_state = state.get("window") or {}
         log.info("resumed from checkpoint at step %d/%d", start, steps)
     if start >= steps:
         return curve, train_time
     progress = _Progress(run_dir, steps, start, f"{cfg.method} train")
     method.train_mode()
-    window: dict[str, list[float]] = {}
+    window: dict[str, list[float]] = {k: list(v) for k, v in window_state.items()}
+    # tests only: seconds to sleep after each iteration so a scheduler can catch the job
+    # mid-training (changes no result)
+    step_delay = float(os.environ.get("BENCHMARK_STEP_DELAY_S", "0") or 0)
     t0 = time.time()
+    if stop is not None:
+        stop.in_training = True
     try:
         for step in range(start, steps):
             if cfg.train.warmup_steps > 0:
@@ -219,7 +234,18 @@ def _train(method, cfg: RunConfig, run_dir: Path, device: torch.device) -> tuple
             if done % cfg.train.ckpt_every == 0 and done < steps:
                 _checkpoint(run_dir, method, done, generator, curve, train_time + time.time() - t0)
                 atomic_write_csv(run_dir / "curve.csv", pd.DataFrame(curve))
+            if step_delay > 0:
+                time.sleep(step_delay)
+            if stop is not None and stop.requested is not None and done < steps:
+                # a stop signal: checkpoint at this iteration boundary, then stop
+                elapsed = train_time + time.time() - t0
+                _checkpoint(run_dir, method, done, generator, curve, elapsed, window)
+                atomic_write_csv(run_dir / "curve.csv", pd.DataFrame(curve))
+                log.warning("stop signal: checkpoint written at step %d/%d", done, steps)
+                raise Preempted(stop.requested, done)
     finally:
+        if stop is not None:
+            stop.in_training = False
         progress.close()
     train_time += time.time() - t0
     _checkpoint(run_dir, method, steps, generator, curve, train_time)
@@ -258,14 +284,25 @@ def evaluate(
     return (scores, estimates_t) if return_estimates else scores
 
 
+def _job_id() -> str:
+    """The scheduler's id of this job (``ARRAY_TASK`` for SLURM array tasks), or ``""``."""
+    if os.environ.get("SLURM_ARRAY_JOB_ID"):
+        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
+    return os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID") or ""
+
+
 def execute_run(
     run_dir: str, data_root: str, device: str = "auto", weights_dir: str | None = None
 ) -> dict[str, Any]:
     """Train (or resume) and evaluate one planned run; record everything in ``run_dir``.
 
     The run's status ends as ``done``, ``diverged`` (NaN/inf loss) or ``failed`` (any other
-    exception, with its traceback); ``interrupted`` on Ctrl-C. Exceptions are re-raised after
-    being recorded so the executor sees the failure too.
+    exception, with its traceback); ``interrupted`` on Ctrl-C; ``preempted`` on a stop signal
+    (SIGTERM, SIGUSR1, submitit's timeout signal; see :mod:`benchmark.preempt`), after a
+    checkpoint at the current iteration. Exceptions are re-raised after being recorded so the
+    executor sees the failure too.
+
+    The run executes while holding its lock (:func:`benchmark.preempt.run_lock`).
 
     Args:
         run_dir: the run folder (holding ``config.json``) prepared by the runner.
@@ -276,10 +313,30 @@ def execute_run(
 
     Returns:
         The metrics dict also written to ``metrics.json``.
+
+    Raises:
+        RunLocked: another process is executing this run (its status is left untouched).
     """
     path = Path(run_dir)
+    lock = run_lock(path)
+    try:
+        lock.acquire(timeout=0)
+    except TimeoutError:
+        raise RunLocked(
+            f"run {path} is already being executed by another process (lock {lock.lock_file})"
+        ) from None
+    try:
+        with StopSignals() as stop:
+            return _execute_locked(path, data_root, device, stop, weights_dir)
+    finally:
+        lock.release()
+
+
+def _execute_locked(
+    path: Path, data_root: str, device: str, stop: StopSignals, weights_dir: str | None = None
+) -> dict[str, Any]:
     handler = _setup_logging(path)
-    job_id = os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID") or ""
+    job_id = _job_id()
     started = time.time()
     try:
         dev = pick_device(device)
@@ -289,7 +346,10 @@ def execute_run(
             torch.backends.cudnn.benchmark = True
         info = read_json(path / "config.json")
         cfg = from_dict(info["config"])
-        write_status(path, "running", job_id=job_id, pid=os.getpid(), host=platform.node())
+        gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
+        write_status(
+            path, "running", job_id=job_id, pid=os.getpid(), host=platform.node(), gpus=gpus
+        )
         torch.manual_seed(cfg.seed)
         log.info(
             "run %s: %s on %s, seed %d, preset %s, device %s",
@@ -304,15 +364,23 @@ def execute_run(
         method_cls = get_method(cfg.method)
         teacher = None
         if info.get("teacher_dir"):
+            teacher_state = read_json(Path(info["teacher_dir"]) / "status.json", {})
+            if teacher_state.get("state") != "done":
+                raise RuntimeError(
+                    f"teacher run {info['teacher_dir']} did not finish "
+                    f"({teacher_state.get('state', 'absent')})"
+                )
             teacher = load_trained_method(Path(info["teacher_dir"]), Path(data_root), dev, task)
         method = method_cls(cfg, task, dev)
         method.setup(teacher)
         curve, train_time = [], 0.0
         if not method_cls.reference_only and cfg.train.steps > 0:
-            curve, train_time = _train(method, cfg, path, dev)
+            curve, train_time = _train(method, cfg, path, dev, stop)
             atomic_torch_save(
                 path / "model.pt", {n: m.state_dict() for n, m in method.modules().items()}
             )
+            if stop.requested is not None:  # signalled during the last iteration
+                raise Preempted(stop.requested, cfg.train.steps)
         t_eval = time.time()
         scores, estimates = evaluate(method, task, cfg, path, return_estimates=True)
         eval_time = time.time() - t_eval
@@ -340,6 +408,7 @@ def execute_run(
                 "host": platform.node(),
                 "wall_time_s": time.time() - started,
                 "job_id": job_id,
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             },
         )
         write_status(path, "done", job_id=job_id, wall_time_s=time.time() - started)
@@ -351,6 +420,11 @@ def execute_run(
         raise
     except KeyboardInterrupt:
         write_status(path, "interrupted", job_id=job_id, error="interrupted (Ctrl-C)")
+        raise
+    except Preempted as exc:
+        write_status(path, "preempted", job_id=job_id, error=str(exc), step=exc.step)
+        log.warning("%s; the requeued job resumes from the checkpoint", exc)
+        stop.hand_over(exc.signum)  # submitit's timeout signal: requeue and exit
         raise
     except BaseException as exc:
         tb = traceback.format_exc()

@@ -20,6 +20,7 @@ from typing import Any
 
 from benchmark.config import RunConfig, config_hash, resolve_config, to_dict
 from benchmark.perceptual_eval import needs_refresh
+from benchmark.preempt import RunJob, run_is_locked
 from benchmark.registry import get_method, get_task
 from benchmark.store import atomic_write_json, read_json, read_status, run_dir_for, write_status
 
@@ -151,6 +152,8 @@ def prepare_runs(
             continue
         if state in ("failed", "diverged") and not retry_failed:
             continue
+        if run_is_locked(run.run_dir):  # being executed by another invocation right now
+            continue
         if state in ("absent", "failed", "diverged"):
             write_status(run.run_dir, "pending")
         todo.append(run)
@@ -224,22 +227,28 @@ def execute_plan(
     max_parallel: int = 1,
     timeout_min: int = 7 * 24 * 60,
     weights_dir: Path | None = None,
+    gpu_slots: list[int] | None = None,
 ) -> dict[str, int]:
     """Run the planned runs stage by stage through submitit; one failure never stops the rest
     (runs whose teacher did not finish are marked failed with that reason).
 
+    With ``gpu_slots`` (local executor), every running job gets its own GPU from the pool
+    (:class:`benchmark.slots.GpuSlots`, ``CUDA_VISIBLE_DEVICES=<index>``).
+
     Returns:
         Count of final states, e.g. ``{"done": 5, "failed": 1}``.
     """
-    from benchmark.job import execute_run
+    from benchmark.slots import GpuSlots
 
     executor = _make_executor(executor_name, results_dir, timeout_min)
+    pool = GpuSlots(gpu_slots) if gpu_slots and executor_name == "local" else None
+    slot_of: dict[Path, int] = {}
     display = _Display()
     for stage in sorted({r.stage for r in todo}):
         queue = [r for r in todo if r.stage == stage]
         active: list[tuple[PlannedRun, float]] = []
         while queue or active:
-            while queue and len(active) < max(1, max_parallel):
+            while queue and len(active) < max(1, max_parallel) and (pool is None or pool.free):
                 run = queue.pop(0)
                 if run.teacher is not None and run.teacher.state != "done":
                     write_status(
@@ -250,8 +259,12 @@ def execute_plan(
                     )
                     display.finish(run, _finish_message(run, time.time()))
                     continue
+                if pool is not None:
+                    slot_of[run.run_dir] = slot = pool.acquire()
+                    # the job's shell sets the variable before Python starts (public local API)
+                    executor.update_parameters(local_setup=[f"export CUDA_VISIBLE_DEVICES={slot}"])
                 run.job = executor.submit(
-                    execute_run,
+                    RunJob(),
                     str(run.run_dir),
                     str(data_root),
                     device,
@@ -263,7 +276,7 @@ def execute_plan(
                     try:
                         run.job.result()
                     except Exception:  # noqa: BLE001 - recorded in the run's status.json
-                        if run.state in ("pending", "running"):
+                        if run.state in ("pending", "running") and not run_is_locked(run.run_dir):
                             write_status(
                                 run.run_dir,
                                 "failed",
@@ -271,6 +284,8 @@ def execute_plan(
                                 f"{results_dir / 'submitit'}",
                             )
                     active.remove((run, started))
+                    if run.run_dir in slot_of:
+                        pool.release(slot_of.pop(run.run_dir))
                     display.finish(run, _finish_message(run, started))
                 else:
                     display.poll(run)

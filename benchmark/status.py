@@ -1,0 +1,159 @@
+"""``status`` and ``run --dry-run``: what the results store holds and what a run would do.
+
+``python -m benchmark status`` lists every run under the results folder with its state
+(``pending``, ``running``, ``done``, ``failed``, ``diverged``, ``preempted``, ``interrupted``),
+the scheduler job id, the scheduler's own state while the job is queued (``squeue``), and the
+last line of its error. A ``running`` run whose job is gone (no lock held, not in the queue) is
+shown as ``stale``: a killed job; the next ``run`` resumes it from its checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmark.preempt import run_is_locked
+from benchmark.store import iter_run_dirs, read_json, read_status
+
+__all__ = ["plan_actions", "render_dry_run", "render_status", "status_rows"]
+
+ACTIVE = ("pending", "running", "preempted")
+
+
+def _last_line(text: str | None) -> str:
+    lines = [line for line in (text or "").strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""
+
+
+def status_rows(results_dir: Path) -> list[dict[str, str]]:
+    """One dict per run: task, method, seed, preset, hash, state, job_id, queue, error.
+
+    ``queue`` is the SLURM state from ``squeue`` for queued jobs (``""`` otherwise).
+    """
+    from benchmark.slurm import JOB_FILE, queue_states
+
+    rows = []
+    for run_dir in iter_run_dirs(results_dir):
+        info = read_json(run_dir / "config.json", {})
+        cfg = info.get("config", {})
+        status = read_status(run_dir)
+        job = read_json(run_dir / JOB_FILE, {})
+        rows.append(
+            {
+                "task": run_dir.parent.parent.name,
+                "method": run_dir.parent.name,
+                "seed": str(cfg.get("seed", "")),
+                "preset": str(cfg.get("preset", "")),
+                "hash": run_dir.name,
+                "state": status["state"],
+                "job_id": str(job.get("job_id") or status.get("job_id") or ""),
+                "scheduler": str(job.get("scheduler", "")),
+                "queue": "",
+                "error": _last_line(status.get("traceback") or status.get("error")),
+                "run_dir": str(run_dir),
+            }
+        )
+    slurm_ids = [r["job_id"] for r in rows if r["scheduler"] == "slurm" and r["state"] in ACTIVE]
+    queue = queue_states(slurm_ids) if slurm_ids else {}
+    for row in rows:
+        if row["scheduler"] == "slurm" and row["state"] in ACTIVE and queue is not None:
+            row["queue"] = queue.get(row["job_id"], "gone")
+        if row["state"] == "running" and row["queue"] in ("", "gone"):
+            if not run_is_locked(Path(row["run_dir"])):
+                row["state"] = "stale"
+    return rows
+
+
+def render_status(results_dir: Path) -> str:
+    """The ``status`` table (plain text, one line per run) and a count per state."""
+    rows = status_rows(results_dir)
+    if not rows:
+        return f"no runs under {Path(results_dir) / 'runs'}"
+    header = ("task", "method", "seed", "preset", "hash", "state", "job_id", "queue", "error")
+    table = [header] + [tuple(r[h] for h in header) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
+    lines = []
+    for row in table:
+        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)]
+        lines.append("  ".join(cells + [row[-1][:160]]).rstrip())
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    lines.append("")
+    lines.append(", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
+    return "\n".join(lines)
+
+
+def plan_actions(runs: list, retry_failed: bool = False) -> list[tuple[object, str]]:
+    """What ``run`` would do with each planned run, without touching the results store.
+
+    Mirrors :func:`benchmark.runner.prepare_runs`: ``skip (done)``, ``skip (failed: use
+    --retry-failed)``, ``skip (running elsewhere)`` or ``submit`` (``resume`` when a training
+    checkpoint exists).
+    """
+    from benchmark.slurm import JOB_FILE, queue_states
+
+    out = []
+    queued = {}
+    for run in runs:
+        job = read_json(run.run_dir / JOB_FILE, {})
+        if job.get("scheduler") == "slurm" and run.state in ACTIVE:
+            queued[run.run_dir] = str(job["job_id"])
+    live = (queue_states(list(queued.values())) or {}) if queued else {}
+    for run in runs:
+        state = run.state
+        if state == "done":
+            action = "skip (done)"
+        elif state in ("failed", "diverged") and not retry_failed:
+            action = f"skip ({state}: use --retry-failed)"
+        elif run_is_locked(run.run_dir) or queued.get(run.run_dir) in live:
+            action = "skip (running elsewhere)"
+        elif (run.run_dir / "checkpoint.pt").is_file():
+            action = "resume"
+        else:
+            action = "submit"
+        out.append((run, action))
+    return out
+
+
+def render_dry_run(runs: list, retry_failed: bool, executor: str, max_array_size: int) -> str:
+    """The ``--dry-run`` report: the expanded grid (method x task x seed x overrides), the state
+    of every run, and the jobs (and SLURM arrays) that would be submitted."""
+    actions = plan_actions(runs, retry_failed)
+    lines = ["expanded grid (teachers and the mixture reference included):"]
+    header = ("stage", "method", "task", "seed", "overrides", "hash", "state", "action")
+    table = [header]
+    for run, action in actions:
+        cfg = run.config
+        table.append(
+            (
+                str(run.stage),
+                cfg.method + ("" if run.requested else " (teacher)"),
+                cfg.task.name,
+                str(cfg.seed),
+                " ".join(cfg.overrides) or "-",
+                run.run_hash,
+                run.state,
+                action,
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        cells = [c.ljust(w) for c, w in zip(row, widths, strict=True)]
+        lines.append(("  " + "  ".join(cells)).rstrip())
+    todo = [(run, a) for run, a in actions if a in ("submit", "resume")]
+    done = sum(a == "skip (done)" for _, a in actions)
+    lines.append("")
+    lines.append(f"{len(actions)} runs: {done} done, {len(todo)} would be submitted")
+    for stage in sorted({run.stage for run, _ in todo}):
+        n = sum(run.stage == stage for run, _ in todo)
+        if executor == "slurm":
+            arrays = -(-n // max_array_size)
+            after = " after their teachers (afterany)" if stage > 0 else ""
+            lines.append(
+                f"  stage {stage}: {n} jobs as {arrays} SLURM job array(s) of <= "
+                f"{max_array_size}{after}"
+            )
+        else:
+            lines.append(f"  stage {stage}: {n} {executor} jobs")
+    lines.append("dry run: nothing was submitted or written.")
+    return "\n".join(lines)
