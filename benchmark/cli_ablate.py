@@ -17,8 +17,12 @@ def _csv_list(text: str) -> list[str]:
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
     from benchmark.ablation import check_methods, parse_studies, plan_ablation
-    from benchmark.runner import execute_plan, prepare_runs
+    from benchmark.runner import EXECUTORS, execute_plan, prepare_runs
 
+    if args.executor not in EXECUTORS:
+        raise ValueError(
+            f"unknown executor {args.executor!r}; valid executors: {', '.join(EXECUTORS)}"
+        )
     studies = parse_studies(args.study)
     methods = _csv_list(args.methods)
     check_methods(methods)
@@ -81,7 +85,11 @@ def add_ablate_parser(sub, seeds_type, default_results_dir, default_data_root) -
     p.add_argument("--preset", default="paper", choices=sorted(PRESETS))
     p.add_argument("--seeds", type=seeds_type, default=[0], help="comma-separated seeds")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="extra config overrides")
-    p.add_argument("--executor", default="local", choices=["local", "debug"])
+    p.add_argument(
+        "--executor",
+        default="local",
+        help="submitit executor, as for `run` (checked by benchmark.runner against EXECUTORS)",
+    )
     p.add_argument("--results-dir", type=Path, default=default_results_dir())
     p.add_argument("--data-root", type=Path, default=default_data_root())
     p.add_argument("--device", default="auto")

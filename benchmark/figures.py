@@ -141,10 +141,11 @@ def ablation_figures(
         if summary.empty:
             continue
         ref = paper[(paper.task == task) & (paper.study == study.name)]
-        n = int(summary["n"].max())
+        lo, hi = int(summary["n"].min()), int(summary["n"].max())
+        seeds = f"n = {hi}" if lo == hi else f"n = {lo}–{hi}"
         title = (
             f"SURF ablation: {study.title} · {task} · preset {preset} · "
-            f"mean ± std over ≤ {n} seed(s); paper: SURF Table 9 (CIFAR-10)"
+            f"mean ± std over seeds ({seeds}); paper: SURF Table 9 (CIFAR-10)"
         )
         fig = _ablation_plot(study, summary, ref, methods, title)
         path = Path(out_dir) / f"ablation_{study.name}_{task}_{preset}.png"
@@ -161,10 +162,12 @@ def ablation_figures(
 def pick_runs(
     results_dir: Path, task: str, preset: str | None, methods: list[str] | None
 ) -> dict[str, Path]:
-    """One finished run per method for the figure: runs without ``--set`` overrides first,
-    then the lowest seed.
+    """One finished run per method for the figure, all of one preset: runs without ``--set``
+    overrides first, then the lowest seed.
 
     Args:
+        preset: the preset; None picks the preset with the most of ``methods`` finished (ties:
+            ``paper``, then ``cpu``, then ``smoke``), so that one figure never mixes scales.
         methods: methods to show (None: every method with a finished run, in Table 1 order).
 
     Returns:
@@ -172,6 +175,17 @@ def pick_runs(
     """
     from benchmark.tables import METHOD_ORDER
 
+    if preset is None:
+        presets: dict[str, set[str]] = {}
+        for run_dir in iter_run_dirs(results_dir):
+            cfg = (read_json(run_dir / "config.json") or {}).get("config", {})
+            if cfg.get("task", {}).get("name") == task and cfg.get("method") != "mixture":
+                if methods is None or cfg.get("method") in methods:
+                    if read_status(run_dir)["state"] == "done":
+                        presets.setdefault(cfg.get("preset"), set()).add(cfg.get("method"))
+        rank = {"paper": 0, "cpu": 1, "smoke": 2}
+        if presets:
+            preset = min(presets, key=lambda p: (-len(presets[p]), rank.get(p, 3), p))
     found: dict[str, tuple[tuple, Path]] = {}
     for run_dir in iter_run_dirs(results_dir):
         cfg = (read_json(run_dir / "config.json") or {}).get("config", {})
