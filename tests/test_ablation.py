@@ -171,6 +171,19 @@ def test_separation_figure(ablated, tmp_path, capsys):
     assert "valid" in capsys.readouterr().err
 
 
+def test_separation_figure_mnist_default(tmp_path, data_root, capsys):
+    """`figure --task mnist` with no other option: every finished method, 4 mixtures."""
+    io = ["--results-dir", str(tmp_path / "r"), "--data-root", str(data_root)]
+    run = ["run", "--methods", "mixit", "--task", "mnist", "--preset", "smoke"]
+    assert main([*run, "--executor", "debug", *io, "--set", *SET]) == 0
+    out = tmp_path / "mnist.png"
+    assert main(["figure", "--task", "mnist", *io, "--out", str(out)]) == 0
+    assert "(mixit)" in capsys.readouterr().out
+    with Image.open(out) as img:
+        # 4 rows; mixture + ground-truth pair + MixIT pair = 5 columns
+        assert img.size == (570, 540)
+
+
 def test_bad_input_is_refused(tmp_path, capsys):
     assert main(["ablate", "--study", "lr", "--results-dir", str(tmp_path)]) == 2
     assert "valid studies: ema, batch, beta" in capsys.readouterr().err
