@@ -288,7 +288,7 @@ def ablation_results(
         metrics = read_json(point.run.run_dir / "metrics.json", {})
         for metric in ("psnr", "ssim", "lpips"):
             value = metrics.get(metric)
-            if value is not None:
+            if isinstance(value, (int, float)):  # None: not computed (reason in "perceptual")
                 rows.append(
                     {
                         **key,

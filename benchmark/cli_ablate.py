@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from benchmark.config import PRESETS, parse_overrides
@@ -48,13 +49,19 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
                 f"seed {p.seed}  {p.run.state:<8} {p.run.run_dir}{tag}"
             )
         return 0
-    todo = prepare_runs(runs, retry_failed=args.retry_failed)
+    todo = prepare_runs(runs, retry_failed=args.retry_failed, weights_dir=args.weights_dir)
     print(f"  {len(runs) - len(todo)} finished or skipped, {len(todo)} to run", flush=True)
     if not todo:
         print("nothing to do. `python -m benchmark table --which table9` shows the results.")
         return 0
     counts = execute_plan(
-        todo, args.executor, args.data_root, args.results_dir, args.device, args.max_parallel
+        todo,
+        args.executor,
+        args.data_root,
+        args.results_dir,
+        args.device,
+        args.max_parallel,
+        weights_dir=args.weights_dir,
     )
     summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
     print(
@@ -94,6 +101,14 @@ def add_ablate_parser(sub, seeds_type, default_results_dir, default_data_root) -
     p.add_argument("--data-root", type=Path, default=default_data_root())
     p.add_argument("--device", default="auto")
     p.add_argument("--max-parallel", type=int, default=1)
+    p.add_argument(
+        "--weights-dir",
+        type=Path,
+        default=Path(os.environ["BENCHMARK_WEIGHTS_DIR"])
+        if os.environ.get("BENCHMARK_WEIGHTS_DIR")
+        else None,
+        help="extra folder with the LPIPS weights (as for `run`)",
+    )
     p.add_argument("--retry-failed", action="store_true")
     p.add_argument(
         "--dry-run", action="store_true", help="print the grid and each run's state; run nothing"

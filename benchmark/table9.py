@@ -4,7 +4,7 @@ paper's numbers beside ours (``results/paper/surf_table9.csv``).
 Cells are ``mean ± std (n seeds)`` (sample std, 0 for one seed); the best mean per study,
 method and metric is bold (PSNR and SSIM highest, LPIPS lowest), in our columns and in the
 paper's. A metric that was not computed (LPIPS until it is implemented) shows ``n/a``: no number
-is ever shown for it.
+is ever shown for it, and the footnote gives the reason (``benchmark.perceptual_eval``).
 """
 
 from __future__ import annotations
@@ -156,11 +156,17 @@ def _block(
         "presets are not comparable in magnitude). * the preset's own value: the main-table "
         "run, shared with `python -m benchmark table`, not recomputed.",
     ]
+    from benchmark.perceptual_eval import unavailable_notes
+
+    done_dirs = sorted(set(results[results.metric.notna()].run_dir))
+    reasons, how = unavailable_notes(done_dirs, ("lpips",))
+    notes += how
     if not_computed:
         notes.append(
-            "n/a: not computed (LPIPS is not implemented yet, or the run has not finished); no "
-            "number is reported for a metric that was not computed."
+            "n/a: not computed (LPIPS weights missing, or the run has not finished); no number "
+            "is reported for a metric that was not computed."
         )
+        notes += [f"n/a reason: {reason}" for reason in reasons]
     pending = results[results.metric.isna()].drop_duplicates(["study", "value", "method", "seed"])
     for (method, seed, state), part in pending.groupby(["method", "seed", "state"]):
         points = ", ".join(

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
+import torchvision
 from PIL import Image
 
 from benchmark.ablation import STUDIES, plan_ablation, point_overrides
@@ -15,6 +17,7 @@ from benchmark.config import parse_overrides
 from benchmark.runner import plan_runs
 from benchmark.store import iter_run_dirs, read_json, read_status
 from benchmark.table9 import paper_table9, summarize_ablation
+from tasks.perceptual import ALEXNET_FILE
 
 # cheap but real: 2 MixIT and 2 SURF iterations, 8 evaluation mixtures; the grids are the paper's
 SET = ["train.steps=2", "task.eval_mixtures=8"]
@@ -27,10 +30,17 @@ def _surf_runs(results_dir: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def ablated(tmp_path_factory, data_root):
-    """Main-table SURF-SR run, then the beta, EMA and batch studies on top of it."""
-    results = tmp_path_factory.mktemp("ablation") / "results"
+    """Main-table SURF-SR run, then the beta, EMA and batch studies on top of it. LPIPS runs
+    with AlexNet weights the test makes (random torchvision AlexNet, no download); FID has no
+    weights here and stays n/a."""
+    base = tmp_path_factory.mktemp("ablation")
+    results, weights = base / "results", base / "weights"
+    weights.mkdir()
+    torch.manual_seed(0)
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), weights / ALEXNET_FILE)
     io = ["--results-dir", str(results), "--data-root", str(data_root)]
-    assert main(["run", "--methods", "surf_sr", *COMMON, *io, "--set", *SET]) == 0
+    run = ["run", "--methods", "surf_sr", *COMMON, *io, "--weights-dir", str(weights)]
+    assert main([*run, "--set", *SET]) == 0
     (main_run,) = _surf_runs(results)
     before = {
         "status": read_json(main_run / "status.json"),
@@ -38,7 +48,8 @@ def ablated(tmp_path_factory, data_root):
     }
     counts = {}
     for study in ("beta", "ema", "batch"):
-        args = ["ablate", "--study", study, "--methods", "surf_sr", *COMMON, *io, "--set", *SET]
+        args = ["ablate", "--study", study, "--methods", "surf_sr", *COMMON, *io]
+        args += ["--weights-dir", str(weights), "--set", *SET]
         assert main(args) == 0
         counts[study] = len(_surf_runs(results))
     return {"results": results, "main_run": main_run, "before": before, "counts": counts, "io": io}
@@ -106,14 +117,17 @@ def test_table9_shows_grid_bold_best_and_paper(ablated, capsys):
     assert "**" in out  # best per study
     assert "**19.49**" in out and "**0.751**" in out  # the paper's best SURF-SR row, bold
     assert "8.79" in out and "13.36" in out  # paper B = 1 and alpha = 0.9999 (SR)
-    assert "| n/a |" in out  # LPIPS not computed: no number
     assert "(1)" in out  # number of seeds
+    assert "| n/a |" not in out  # LPIPS computed with the test's AlexNet weights
+    assert "LPIPS: AlexNet" in out  # footnote: how LPIPS was computed
+    lpips = [line.split(" | ")[6] for line in out.splitlines() if line.startswith("|  | α=")]
+    assert len(lpips) == 4 and all(" ± 0.000 (1)" in cell for cell in lpips)
     assert main([*args, "--methods", "surf_sr", "--format", "csv"]) == 0
     from io import StringIO
 
     csv = pd.read_csv(StringIO(capsys.readouterr().out), dtype={"value": str})
     assert set(csv.study) == {"ema", "batch", "beta"}
-    assert len(csv) == 14 * 2 and (csv.n == 1).all()  # PSNR and SSIM per point
+    assert len(csv) == 14 * 3 and (csv.n == 1).all()  # PSNR, SSIM, LPIPS per point
     assert csv.paper.notna().all()
 
 
@@ -152,8 +166,8 @@ def test_ablation_figures(ablated, tmp_path, capsys):
         with Image.open(png) as img:
             img.verify()
         with Image.open(png) as img:
-            # two metric panels (PSNR, SSIM; no LPIPS yet) of 4.2 x 3.6 in at 120 dpi
-            assert img.size == (1008, 432)
+            # three metric panels (PSNR, SSIM, LPIPS) of 4.2 x 3.6 in at 120 dpi
+            assert img.size == (1512, 432)
 
 
 def test_separation_figure(ablated, tmp_path, capsys):
