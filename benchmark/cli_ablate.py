@@ -17,52 +17,46 @@ def _csv_list(text: str) -> list[str]:
 
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
-    from benchmark.ablation import check_methods, parse_studies, plan_ablation
-    from benchmark.runner import EXECUTORS, execute_plan, prepare_runs
+    from benchmark.ablation import STUDIES, check_methods, parse_studies, plan_ablation
+    from benchmark.runner import prepare_runs
+    from benchmark.status import render_dry_run
+    from benchmark.submit import cluster_options_from_args, execute_todo
 
-    if args.executor not in EXECUTORS:
-        raise ValueError(
-            f"unknown executor {args.executor!r}; valid executors: {', '.join(EXECUTORS)}"
-        )
     studies = parse_studies(args.study)
     methods = _csv_list(args.methods)
     check_methods(methods)
     overrides = parse_overrides(args.set or [])
+    cluster = cluster_options_from_args(args)
     points, runs = plan_ablation(
         studies, methods, args.task, args.seeds, args.preset, overrides, args.results_dir
     )
     n_shared = sum(p.shared for p in points)
     print(
         f"benchmark ablate: studies={','.join(s.name for s in studies)} task={args.task} "
-        f"preset={args.preset} methods={','.join(methods)} seeds={args.seeds} | "
-        f"{len(points)} grid points, {len(runs)} distinct runs (teachers and the mixture "
-        f"reference included), {n_shared} point(s) at the preset's own value = main-table runs",
+        f"preset={args.preset} methods={','.join(methods)} seeds={args.seeds} "
+        f"executor={args.executor} | {len(points)} grid points, {len(runs)} distinct runs "
+        f"(teachers and the mixture reference included), {n_shared} point(s) at the preset's "
+        "own value = main-table runs",
         flush=True,
     )
     if args.dry_run:
         for p in points:
-            from benchmark.ablation import STUDIES
-
             tag = " (main-table run)" if p.shared else ""
             print(
                 f"  {p.study:<6} {STUDIES[p.study].label(p.value):<18} {p.method:<8} "
                 f"seed {p.seed}  {p.run.state:<8} {p.run.run_dir}{tag}"
             )
+        size = cluster.max_array_size if cluster else 0
+        print(render_dry_run(runs, args.retry_failed, args.executor, size))
         return 0
     todo = prepare_runs(runs, retry_failed=args.retry_failed, weights_dir=args.weights_dir)
     print(f"  {len(runs) - len(todo)} finished or skipped, {len(todo)} to run", flush=True)
     if not todo:
         print("nothing to do. `python -m benchmark table --which table9` shows the results.")
         return 0
-    counts = execute_plan(
-        todo,
-        args.executor,
-        args.data_root,
-        args.results_dir,
-        args.device,
-        args.max_parallel,
-        weights_dir=args.weights_dir,
-    )
+    counts = execute_todo(todo, args, cluster)
+    if counts is None:  # submitted to SLURM, not waiting
+        return 0
     summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
     print(
         f"finished: {summary}. `python -m benchmark table --which table9 --task {args.task}` "
@@ -74,6 +68,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
 def add_ablate_parser(sub, seeds_type, default_results_dir, default_data_root) -> None:
     """The ``ablate`` subcommand (SURF Table 9 grids through the ordinary runner)."""
     from benchmark.ablation import DEFAULT_METHODS, DEFAULT_TASK
+    from benchmark.submit import add_execution_arguments
 
     p = sub.add_parser(
         "ablate",
@@ -95,7 +90,8 @@ def add_ablate_parser(sub, seeds_type, default_results_dir, default_data_root) -
     p.add_argument(
         "--executor",
         default="local",
-        help="submitit executor, as for `run` (checked by benchmark.runner against EXECUTORS)",
+        choices=["local", "debug", "slurm"],
+        help="submitit executor, as for `run`",
     )
     p.add_argument("--results-dir", type=Path, default=default_results_dir())
     p.add_argument("--data-root", type=Path, default=default_data_root())
@@ -110,9 +106,8 @@ def add_ablate_parser(sub, seeds_type, default_results_dir, default_data_root) -
         help="extra folder with the LPIPS weights (as for `run`)",
     )
     p.add_argument("--retry-failed", action="store_true")
-    p.add_argument(
-        "--dry-run", action="store_true", help="print the grid and each run's state; run nothing"
-    )
+    # --dry-run (the grid, each point's state and the main-table runs), --wait, --gpus, SLURM
+    add_execution_arguments(p)
     p.set_defaults(func=_cmd_ablate)
 
 
