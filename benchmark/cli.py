@@ -1,4 +1,4 @@
-"""Command line: ``python -m benchmark list | run | status | table``.
+"""Command line: ``python -m benchmark list | run | status | table | ablate | figure``.
 
 Run ``python -m benchmark <command> --help`` for the options.
 """
@@ -125,6 +125,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _cmd_table(args: argparse.Namespace) -> int:
     from benchmark.tables import render_table
 
+    if args.which == "table9":
+        from benchmark.table9 import render_table9
+
+        methods = _csv_list(args.methods) if args.methods else None
+        overrides = parse_overrides(args.set or [])
+        fmt = "csv" if args.format == "csv" else "md"
+        print(render_table9(args.results_dir, args.task, args.preset, methods, overrides, fmt))
+        return 0
     print(
         render_table(
             args.results_dir, task=args.task, fmt=args.format, preset=args.preset, which=args.which
@@ -201,11 +209,19 @@ def build_parser() -> argparse.ArgumentParser:
     p_table.add_argument(
         "--which",
         default="table1",
-        choices=["table1", "table2"],
-        help="SURF Table 1 (PSNR, LPIPS, SSIM, FID) or Table 2 (Inception Score, FID)",
+        choices=["table1", "table2", "table9"],
+        help="SURF Table 1 (PSNR, LPIPS, SSIM, FID), Table 2 (Inception Score, FID) or "
+        "Table 9 (SURF ablations, see `ablate`)",
     )
     p_table.add_argument("--results-dir", type=Path, default=default_results_dir())
+    p_table.add_argument("--methods", default=None, help="table9: SURF variants")
+    p_table.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="table9: run overrides")
     p_table.set_defaults(func=_cmd_table)
+
+    from benchmark.cli_ablate import add_ablate_parser, add_figure_parser
+
+    add_ablate_parser(sub, _seeds, default_results_dir, default_data_root)
+    add_figure_parser(sub, default_results_dir, default_data_root)
     return parser
 
 

@@ -87,6 +87,8 @@ def collect_results(results_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 def paper_numbers() -> pd.DataFrame:
     """The papers' reported numbers from ``results/paper/*.csv`` (task, method, metric, value)."""
     frames = [pd.read_csv(p) for p in sorted(PAPER_DIR.glob("*.csv"))]
+    # ablation tables (a ``study`` column, e.g. surf_table9.csv) are read by benchmark.table9
+    frames = [f for f in frames if "study" not in f.columns]
     if not frames:
         return pd.DataFrame(columns=["task", "method", "metric", "value", "source"])
     return pd.concat(frames, ignore_index=True)

@@ -1,0 +1,323 @@
+"""SURF ablations (SURF Appendix E.1, Table 9): EMA decay alpha, batch size B, hybrid teacher beta.
+
+A study is one config field swept over the paper's grid, for the SURF variants only:
+
+- ``ema``: ``surf.ema_decay`` alpha in {0, 0.9, 0.99, 0.999, 0.9999} (Algorithm 1 line 16);
+- ``batch``: ``train.batch_size`` B in {1, 4, 16, 64, 256} (mixtures per SURF iteration);
+- ``beta``: ``surf.beta`` in {0.1, 0.5, 1.0, the proposed linear schedule} (App. D.3).
+
+Decisions (the paper states only the grids and "impact of ... on CIFAR-10"):
+
+- The sweep changes the SURF run alone: every override is prefixed with the method
+  (``surf_sr:train.batch_size=4``), so the frozen MixIT teacher is the main table's and is
+  trained once. Table 9 is an ablation "for SURF", and its B = 256 row equals the proposed row,
+  i.e. the teacher does not change with B.
+- Batch size: iterations and learning rate stay at the preset's values (the paper says nothing
+  about rescaling them, and its B = 256 row is the main-table run).
+- A grid value equal to what the preset already resolves to (alpha = 0.999, B = 256, linear beta
+  at ``paper``; alpha = 0.9 and linear beta at ``smoke``) adds no override at all, so that point
+  *is* the main-table run: same resolved config, same hash, same folder, never recomputed.
+
+Runs are planned, prepared and executed by :mod:`benchmark.runner`; this module only expands
+the grid and reads the results back.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from benchmark.config import ConfigError, resolve_config, to_dict
+
+if TYPE_CHECKING:  # heavy imports (torch, pandas) stay out of `python -m benchmark --help`
+    import pandas as pd
+
+    from benchmark.runner import PlannedRun
+
+__all__ = [
+    "DEFAULT_METHODS",
+    "DEFAULT_TASK",
+    "STUDIES",
+    "AblationPoint",
+    "Study",
+    "ablation_results",
+    "check_methods",
+    "parse_studies",
+    "plan_ablation",
+    "point_overrides",
+    "stored_presets",
+]
+
+#: the two SURF variants of Table 9 (column order of the paper: Self-Remixing, then ReMixIT)
+DEFAULT_METHODS = ("surf_sr", "surf_rm")
+#: Table 9 is on CIFAR-10
+DEFAULT_TASK = "cifar10"
+
+
+@dataclass(frozen=True)
+class Study:
+    """One ablation: a config field and the values it takes (SURF Table 9).
+
+    Attributes:
+        name: ``ema``, ``batch`` or ``beta``.
+        key: dotted config path swept (``surf.ema_decay``).
+        values: grid values as ``--set`` strings, in the paper's row order.
+        symbol: the paper's symbol (alpha, B, beta) for labels.
+        title: row-group title of Table 9.
+    """
+
+    name: str
+    key: str
+    values: tuple[str, ...]
+    symbol: str
+    title: str
+
+    def label(self, value: str) -> str:
+        """Row label of a grid value, e.g. ``α=0.999``, ``B=256``, ``proposed schedule``."""
+        if self.name == "beta" and value == "linear":
+            return "proposed schedule"
+        return f"{self.symbol}={value}"
+
+
+STUDIES: dict[str, Study] = {
+    "ema": Study("ema", "surf.ema_decay", ("0", "0.9", "0.99", "0.999", "0.9999"), "α", "EMA α"),
+    "batch": Study("batch", "train.batch_size", ("1", "4", "16", "64", "256"), "B", "Batch size B"),
+    "beta": Study("beta", "surf.beta", ("0.1", "0.5", "1.0", "linear"), "β", "Teacher β(t)"),
+}
+
+
+def parse_studies(text: str) -> list[Study]:
+    """``ema``, ``batch``, ``beta``, a comma-separated list of them, or ``all``.
+
+    Raises:
+        KeyError: an unknown study (the message lists the valid ones).
+    """
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if names == ["all"]:
+        return list(STUDIES.values())
+    for name in names:
+        if name not in STUDIES:
+            raise KeyError(f"unknown study {name!r}; valid studies: {', '.join(STUDIES)}, all")
+    if not names:
+        raise KeyError(f"--study needs a study name: {', '.join(STUDIES)} or all")
+    return [STUDIES[n] for n in names]
+
+
+@dataclass
+class AblationPoint:
+    """One cell of an ablation: a grid value for one method and seed.
+
+    Attributes:
+        study: the study's name.
+        value: grid value (``--set`` string).
+        method: ``surf_sr`` or ``surf_rm``.
+        seed: method seed.
+        run: the planned run (shared with every other study or table that resolves the same
+            config).
+        shared: True when the value is the preset's own, i.e. this is the main-table run.
+    """
+
+    study: str
+    value: str
+    method: str
+    seed: int
+    run: PlannedRun
+    shared: bool
+
+
+def _identity(cfg) -> dict:
+    data = to_dict(cfg)
+    data.pop("overrides")
+    return data
+
+
+def point_overrides(
+    study: Study,
+    value: str,
+    method: str,
+    task: str,
+    seed: int,
+    preset: str,
+    overrides: list[tuple[str | None, str, str]],
+) -> list[tuple[str | None, str, str]]:
+    """The override a grid point adds to ``overrides``: ``[(method, key, value)]``, or ``[]``
+    when the preset (with ``overrides``) already resolves the field to that value.
+
+    Raises:
+        benchmark.config.ConfigError: a value the config refuses.
+    """
+    base = resolve_config(method, task, seed, preset, overrides)
+    extra = [(method, study.key, value)]
+    varied = resolve_config(method, task, seed, preset, [*overrides, *extra])
+    return [] if _identity(varied) == _identity(base) else extra
+
+
+def plan_ablation(
+    studies: list[Study],
+    methods: list[str],
+    task: str,
+    seeds: list[int],
+    preset: str,
+    overrides: list[tuple[str | None, str, str]],
+    results_dir: Path,
+) -> tuple[list[AblationPoint], list[PlannedRun]]:
+    """Expand studies x values x methods x seeds into runs (nothing is written).
+
+    Returns:
+        ``(points, runs)``: every grid cell, and the distinct runs they need (MixIT teachers and
+        the ``mixture`` reference included), each once, in stage order for
+        :func:`benchmark.runner.prepare_runs` / :func:`benchmark.runner.execute_plan`.
+
+    Raises:
+        KeyError: unknown method or task. benchmark.config.ConfigError: bad override.
+    """
+    from benchmark.runner import plan_runs
+
+    runs: dict[Path, PlannedRun] = {}
+    points: list[AblationPoint] = []
+    for study in studies:
+        for value in study.values:
+            for method in methods:
+                for seed in seeds:
+                    extra = point_overrides(study, value, method, task, seed, preset, overrides)
+                    planned = plan_runs(
+                        [method], task, [seed], preset, [*overrides, *extra], results_dir
+                    )
+                    for run in planned:
+                        runs.setdefault(run.run_dir, run)
+                    target = next(
+                        r for r in planned if r.config.method == method and r.config.seed == seed
+                    )
+                    points.append(
+                        AblationPoint(
+                            study.name, value, method, seed, runs[target.run_dir], not extra
+                        )
+                    )
+    ordered = sorted(runs.values(), key=lambda r: (r.stage, r.config.method, r.config.seed))
+    return points, ordered
+
+
+def _config(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text()).get("config", {})
+    except (OSError, ValueError):
+        return {}
+
+
+def _stored_seeds(results_dir: Path, task: str, preset: str, methods: list[str]) -> list[int]:
+    seeds = set()
+    for method in methods:
+        root = Path(results_dir) / "runs" / task / method
+        for config in root.glob("*/config.json"):
+            cfg = _config(config)
+            if cfg.get("preset") == preset:
+                seeds.add(int(cfg["seed"]))
+    return sorted(seeds)
+
+
+def _stored_presets(results_dir: Path, task: str, methods: list[str]) -> list[str]:
+    presets = set()
+    for method in methods:
+        for config in (Path(results_dir) / "runs" / task / method).glob("*/config.json"):
+            presets.add(_config(config).get("preset"))
+    return sorted(p for p in presets if p)
+
+
+def ablation_results(
+    results_dir: Path,
+    studies: list[Study],
+    methods: list[str],
+    task: str,
+    preset: str,
+    overrides: list[tuple[str | None, str, str]] | None = None,
+    seeds: list[int] | None = None,
+) -> pd.DataFrame:
+    """Scores of every grid point found in the results store.
+
+    The grid is planned again (seeds: those stored for the task, preset and methods, unless
+    given) and each point's run folder is read, so a point shared with the main table counts in
+    every study it belongs to.
+
+    Returns:
+        Long format, one row per (study, value, method, seed, metric) of a finished run, with
+        columns ``study, value, label, method, seed, shared, state, metric, score, n_mixtures,
+        run_dir``; plus one
+        row with ``metric = None`` per unfinished point (``state`` column), so that callers can
+        list them. Empty when nothing was stored.
+    """
+    import pandas as pd
+
+    from benchmark.store import read_json, read_status
+
+    overrides = overrides or []
+    seeds = seeds if seeds is not None else _stored_seeds(results_dir, task, preset, methods)
+    columns = [
+        "study",
+        "value",
+        "label",
+        "method",
+        "seed",
+        "shared",
+        "state",
+        "metric",
+        "score",
+        "n_mixtures",
+        "run_dir",
+    ]
+    if not seeds:
+        return pd.DataFrame(columns=columns)
+    points, _ = plan_ablation(studies, methods, task, seeds, preset, overrides, results_dir)
+    rows = []
+    for point in points:
+        study = STUDIES[point.study]
+        key = {
+            "study": point.study,
+            "value": point.value,
+            "label": study.label(point.value),
+            "method": point.method,
+            "seed": point.seed,
+            "shared": point.shared,
+            "run_dir": str(point.run.run_dir),
+        }
+        state = read_status(point.run.run_dir)["state"]
+        if state != "done":
+            rows.append({**key, "state": state, "metric": None, "score": float("nan")})
+            continue
+        metrics = read_json(point.run.run_dir / "metrics.json", {})
+        for metric in ("psnr", "ssim", "lpips"):
+            value = metrics.get(metric)
+            if isinstance(value, (int, float)):  # None: not computed (reason in "perceptual")
+                rows.append(
+                    {
+                        **key,
+                        "state": state,
+                        "metric": metric,
+                        "score": float(value),
+                        "n_mixtures": metrics.get("n_mixtures"),
+                    }
+                )
+    return pd.DataFrame(rows, columns=columns)
+
+
+def stored_presets(results_dir: Path, task: str, methods: list[str]) -> list[str]:
+    """Presets with at least one stored run of ``methods`` on ``task``."""
+    return _stored_presets(results_dir, task, methods)
+
+
+def check_methods(methods: list[str]) -> None:
+    """Ablations apply to the SURF variants (they read ``surf.*``).
+
+    Raises:
+        benchmark.config.ConfigError: a method without a ``surf`` config section.
+    """
+    from benchmark.registry import get_method
+
+    for method in methods:
+        cls = get_method(method)
+        if "surf" not in cls.config_sections or cls.teacher_method != "mixit":
+            raise ConfigError(
+                f"ablations sweep SURF's settings; {method!r} is not a SURF variant "
+                f"(use --methods {','.join(DEFAULT_METHODS)})"
+            )

@@ -1,0 +1,317 @@
+"""Figures (matplotlib, Agg backend): the ablation curves of SURF Table 9 and qualitative
+separations like SURF Figure 2.
+
+- :func:`ablation_figures`: one PNG per study; per metric a panel with one line per SURF
+  variant (mean ± std over seeds as error bars), the paper's Table 9 values dashed. EMA decay is
+  plotted against ``1 - alpha`` on a log axis (alpha = 0 at the right end is ``1 - alpha = 1``),
+  batch size on a log2 axis, beta as grouped bars.
+- :func:`separation_figure`: rows of evaluation mixtures; per row the mixture, the ground-truth
+  pair and each method's separated pair (matched to the ground truth by the PSNR-best
+  permutation, as in scoring). The mixtures are the first ``N`` of the task's fixed evaluation
+  set, identical for every method; each method's sampling noise is seeded by its run seed.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from benchmark.ablation import STUDIES, Study, ablation_results  # noqa: E402
+from benchmark.registry import get_method, get_task  # noqa: E402
+from benchmark.store import atomic_write_bytes, iter_run_dirs, read_json, read_status  # noqa: E402
+
+__all__ = ["ablation_figures", "pick_runs", "separation_figure"]
+
+_METRIC_LABELS = {"psnr": "PSNR (dB) ↑", "ssim": "SSIM ↑", "lpips": "LPIPS ↓"}
+
+
+def _save(fig, path: Path, dpi: int) -> Path:
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def _display(method: str) -> str:
+    try:
+        return get_method(method).display_name
+    except KeyError:
+        return method
+
+
+def _ablation_plot(
+    study: Study, summary: pd.DataFrame, paper: pd.DataFrame, methods: list[str], title: str
+):
+    metrics = [m for m in _METRIC_LABELS if m in set(summary.metric)]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    labels = [study.label(v) for v in study.values]
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        for i, method in enumerate(methods):
+            color = colors[i % len(colors)]
+            part = summary[(summary.method == method) & (summary.metric == metric)]
+            ref = paper[(paper.method == method) & (paper.metric == metric)]
+            mean = [_lookup(part, v, "mean") for v in study.values]
+            std = [_lookup(part, v, "std") for v in study.values]
+            ref_v = [_lookup(ref, v, "paper") for v in study.values]
+            name = _display(method)
+            if study.name == "beta":
+                x = np.arange(len(study.values))
+                width = 0.8 / len(methods)
+                offset = (i - (len(methods) - 1) / 2) * width
+                ax.bar(x + offset, mean, width, yerr=std, color=color, label=name, capsize=3)
+                if not all(math.isnan(v) for v in ref_v):
+                    ax.scatter(
+                        x + offset, ref_v, marker="_", s=300, color="k", zorder=3,
+                        label="paper (Table 9)" if i == 0 else None,
+                    )  # fmt: skip
+                ax.set_xticks(x, labels, rotation=15)
+            else:
+                x = np.array([_x(study, v) for v in study.values])
+                ax.errorbar(x, mean, yerr=std, marker="o", color=color, label=name, capsize=3)
+                if not all(math.isnan(v) for v in ref_v):
+                    ax.plot(x, ref_v, ls="--", marker="x", color=color, alpha=0.6,
+                            label=f"{name}, paper")  # fmt: skip
+                ax.set_xscale("log", base=10 if study.name == "ema" else 2)
+                ax.set_xticks(x, labels if study.name == "batch" else study.values, rotation=15)
+                ax.minorticks_off()
+                if study.name == "ema":
+                    ax.invert_xaxis()  # alpha grows to the right
+                    ax.set_xlabel("EMA decay α (log scale in 1 − α)")
+                else:
+                    ax.set_xlabel("batch size B (log scale)")
+        ax.set_ylabel(_METRIC_LABELS[metric])
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _x(study: Study, value: str) -> float:
+    if study.name == "ema":
+        return 1.0 - float(value)
+    return float(value)
+
+
+def _lookup(frame: pd.DataFrame, value: str, column: str) -> float:
+    hit = frame[frame.value == value]
+    return float(hit[column].iloc[0]) if len(hit) else math.nan
+
+
+def ablation_figures(
+    results_dir: Path,
+    out_dir: Path,
+    task: str = "cifar10",
+    preset: str = "paper",
+    methods: list[str] | None = None,
+    studies: list[Study] | None = None,
+    overrides: list[tuple[str | None, str, str]] | None = None,
+    dpi: int = 120,
+) -> list[Path]:
+    """Write ``ablation_<study>_<task>_<preset>.png`` for every study with finished runs.
+
+    Returns:
+        The written paths.
+
+    Raises:
+        FileNotFoundError: no study has a finished run (the message says how to make them).
+    """
+    from benchmark.table9 import paper_table9, summarize_ablation
+
+    methods = list(methods or ("surf_sr", "surf_rm"))
+    studies = studies or list(STUDIES.values())
+    paper = paper_table9()
+    written = []
+    for study in studies:
+        results = ablation_results(results_dir, [study], methods, task, preset, overrides)
+        summary = summarize_ablation(results)
+        if summary.empty:
+            continue
+        ref = paper[(paper.task == task) & (paper.study == study.name)]
+        lo, hi = int(summary["n"].min()), int(summary["n"].max())
+        seeds = f"n = {hi}" if lo == hi else f"n = {lo}–{hi}"
+        title = (
+            f"SURF ablation: {study.title} · {task} · preset {preset} · "
+            f"mean ± std over seeds ({seeds}); paper: SURF Table 9 (CIFAR-10)"
+        )
+        fig = _ablation_plot(study, summary, ref, methods, title)
+        path = Path(out_dir) / f"ablation_{study.name}_{task}_{preset}.png"
+        written.append(_save(fig, path, dpi))
+    if not written:
+        raise FileNotFoundError(
+            f"no finished ablation runs for task {task!r}, preset {preset!r} in {results_dir}; "
+            f"run `python -m benchmark ablate --study ema|batch|beta --task {task} "
+            f"--preset {preset}` first"
+        )
+    return written
+
+
+def pick_runs(
+    results_dir: Path, task: str, preset: str | None, methods: list[str] | None
+) -> dict[str, Path]:
+    """One finished run per method for the figure, all of one preset: runs without ``--set``
+    overrides first, then the lowest seed.
+
+    Args:
+        preset: the preset; None picks the preset with the most of ``methods`` finished (ties:
+            ``paper``, then ``cpu``, then ``smoke``), so that one figure never mixes scales.
+        methods: methods to show (None: every method with a finished run, in Table 1 order).
+
+    Returns:
+        ``{method: run_dir}``; methods without a finished run are left out.
+    """
+    from benchmark.tables import METHOD_ORDER
+
+    if preset is None:
+        presets: dict[str, set[str]] = {}
+        for run_dir in iter_run_dirs(results_dir):
+            cfg = (read_json(run_dir / "config.json") or {}).get("config", {})
+            if cfg.get("task", {}).get("name") == task and cfg.get("method") != "mixture":
+                if methods is None or cfg.get("method") in methods:
+                    if read_status(run_dir)["state"] == "done":
+                        presets.setdefault(cfg.get("preset"), set()).add(cfg.get("method"))
+        rank = {"paper": 0, "cpu": 1, "smoke": 2}
+        if presets:
+            preset = min(presets, key=lambda p: (-len(presets[p]), rank.get(p, 3), p))
+    found: dict[str, tuple[tuple, Path]] = {}
+    for run_dir in iter_run_dirs(results_dir):
+        cfg = (read_json(run_dir / "config.json") or {}).get("config", {})
+        method = cfg.get("method")
+        if cfg.get("task", {}).get("name") != task or method == "mixture":
+            continue
+        if preset is not None and cfg.get("preset") != preset:
+            continue
+        if methods is not None and method not in methods:
+            continue
+        if read_status(run_dir)["state"] != "done" or not (run_dir / "model.pt").is_file():
+            continue
+        key = (len(cfg.get("overrides") or []), cfg.get("seed", 0), str(run_dir))
+        if method not in found or key < found[method][0]:
+            found[method] = (key, run_dir)
+    order = methods or sorted(
+        found, key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else 99, m)
+    )
+    return {m: found[m][1] for m in order if m in found}
+
+
+def _to_image(x: torch.Tensor) -> np.ndarray:
+    """``(C, H, W)`` in [0, 1] -> ``(H, W)`` or ``(H, W, 3)`` for imshow."""
+    arr = x.clamp(0, 1).cpu().numpy()
+    return arr[0] if arr.shape[0] == 1 else np.transpose(arr, (1, 2, 0))
+
+
+@torch.no_grad()
+def separation_figure(
+    results_dir: Path,
+    data_root: Path,
+    out: Path,
+    task: str = "mnist",
+    preset: str | None = None,
+    methods: list[str] | None = None,
+    num_mixtures: int = 4,
+    device: str = "cpu",
+    dpi: int = 120,
+) -> tuple[Path, list[str]]:
+    """Qualitative separations like SURF Figure 2.
+
+    Rows: the first ``num_mixtures`` mixtures of the task's fixed evaluation set (shown as the
+    average ``m / K`` in [0, 1]). Columns: mixture, ground truth ``x^(1..K)``, then each
+    method's ``K`` estimates, clamped to [0, 1] and put in the ground truth's order by the
+    PSNR-best permutation (:func:`tasks.image_metrics.image_separation_scores`). Each method is
+    the run chosen by :func:`pick_runs`, loaded with :func:`benchmark.job.load_trained_method`,
+    and samples with a generator seeded ``10_000 + seed`` (the evaluation's seed).
+
+    Returns:
+        ``(path, shown_methods)``.
+
+    Raises:
+        FileNotFoundError: no finished run of any requested method (nothing to plot).
+        ValueError: ``num_mixtures`` < 1.
+    """
+    from benchmark.job import load_config, load_trained_method, pick_device
+    from tasks.image_metrics import image_separation_scores
+
+    if num_mixtures < 1:
+        raise ValueError(f"--num-mixtures must be >= 1, got {num_mixtures}")
+    get_task(task)
+    for method in methods or []:
+        get_method(method)  # KeyError listing the valid names
+    runs = pick_runs(results_dir, task, preset, methods)
+    for method in methods or []:
+        if method not in runs:
+            print(f"figure: skipping {method}: no finished run for task {task}"
+                  + (f", preset {preset}" if preset else "") + f" in {results_dir}")  # fmt: skip
+    if not runs:
+        raise FileNotFoundError(
+            f"nothing to plot: no finished run of {', '.join(methods) if methods else 'any method'}"
+            f" for task {task!r}" + (f" and preset {preset!r}" if preset else "")
+            + f" in {results_dir}; train some with `python -m benchmark run --task {task} ...`"
+        )  # fmt: skip
+    dev = pick_device(device)
+    first_cfg = load_config(next(iter(runs.values())))
+    task_obj = get_task(task)(first_cfg.task, Path(data_root)).to(dev)
+    data = task_obj.eval_set()
+    n = min(num_mixtures, data.mixtures.shape[0])
+    mixtures, sources = data.mixtures[:n], data.sources[:n]
+    k = task_obj.num_sources
+    estimates: dict[str, torch.Tensor] = {}
+    for method, run_dir in runs.items():
+        cfg = load_config(run_dir)
+        if to_task_key(cfg) != to_task_key(first_cfg):
+            print(f"figure: skipping {method}: its evaluation set differs ({run_dir})")
+            continue
+        model = load_trained_method(run_dir, Path(data_root), dev, task_obj)
+        generator = torch.Generator(device=dev).manual_seed(10_000 + cfg.seed)
+        est = model.separate(mixtures.to(dev), generator).float().cpu().clamp(0, 1)
+        perms = image_separation_scores(est, sources.cpu())["perm"]
+        aligned = torch.empty_like(est)
+        for row, perm in enumerate(perms):
+            for i, j in enumerate(int(p) for p in perm.split(",")):
+                aligned[row, j] = est[row, i]
+        estimates[method] = aligned
+    cols = 1 + k * (1 + len(estimates))
+    fig, axes = plt.subplots(n, cols, figsize=(0.95 * cols, 1.0 * n + 0.5), squeeze=False)
+    cmap = "gray" if mixtures.shape[1] == 1 else None
+    groups = [("Mixture", None), ("Ground truth", sources.cpu())]
+    groups += [(_display(m), e) for m, e in estimates.items()]
+    for r in range(n):
+        panels = [_to_image(mixtures[r].cpu() / k)]
+        for _, images in groups[1:]:
+            panels += [_to_image(images[r, j]) for j in range(k)]
+        for c, img in enumerate(panels):
+            ax = axes[r][c]
+            ax.imshow(img, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+    col = 0
+    for name, _ in groups:
+        width = 1 if name == "Mixture" else k
+        # centred over the group's columns (x in units of one panel's width)
+        axes[0][col].set_title(name, fontsize=7, x=width / 2, ha="center")
+        col += width
+    preset_label = preset or first_cfg.preset
+    fig.suptitle(
+        f"{get_task(task).display_name} · preset {preset_label} · first {n} evaluation mixtures",
+        fontsize=8,
+    )
+    fig.tight_layout(pad=0.3)
+    return _save(fig, Path(out), dpi), list(estimates)
+
+
+def to_task_key(cfg) -> tuple:
+    """What fixes the evaluation set: task name, K, task seed, number of mixtures."""
+    t = cfg.task
+    return (t.name, t.num_sources, t.seed, t.eval_mixtures)
