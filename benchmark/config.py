@@ -24,6 +24,7 @@ from benchmark import CODE_VERSION
 
 __all__ = [
     "PRESETS",
+    "AudioNetConfig",
     "ConfigError",
     "EvalConfig",
     "MixCycleConfig",
@@ -39,6 +40,7 @@ __all__ = [
     "config_hash",
     "parse_overrides",
     "resolve_config",
+    "task_modality",
     "to_dict",
 ]
 
@@ -100,6 +102,51 @@ class NetConfig:
 
 
 @dataclass
+class AudioNetConfig:
+    """Audio network sizes (SURF Appendix D.3, D.5), used instead of ``net`` on audio tasks.
+
+    Conv-TasNet (Luo and Mesgarani 2019; the MixIT teacher and the regression methods' network),
+    in the paper's notation; defaults are its best configuration (Table II: N = 512, L = 16,
+    B = 128, H = 512, P = 3, X = 8, R = 3):
+
+    Attributes:
+        tasnet_n: N, encoder filters.
+        tasnet_l: L, encoder filter length in samples (stride L / 2; must be even).
+        tasnet_b: B, bottleneck (and skip) channels of the TCN.
+        tasnet_h: H, channels inside a convolutional block.
+        tasnet_p: P, depthwise kernel size.
+        tasnet_x: X, blocks per repeat (dilations 1 .. 2^(X-1)).
+        tasnet_r: R, repeats.
+        flow_frame_ms: STFT frame length in ms of the time-frequency flow network (SURF
+            Table 7: 20 ms).
+        flow_hop_ms: STFT hop in ms (Table 7: 10 ms overlap of 20 ms frames).
+        flow_compression: magnitude compression exponent (Table 7: 0.33).
+        flow_bands: mel bands of the band-split front-end (Table 7: 80).
+        flow_dim: feature embedding dimension (Table 7: 192 for Libri2Mix; Table 8: 384 for
+            AudioSet, used for ``fuss`` and ``libri_fuss``).
+        flow_blocks: number of blocks (Tables 7, 8: 6).
+        flow_heads: attention heads.
+        flow_time_kernel: kernel of the convolutional FFN along time (Table 7 BSJA: 5).
+    """
+
+    tasnet_n: int = 512
+    tasnet_l: int = 16
+    tasnet_b: int = 128
+    tasnet_h: int = 512
+    tasnet_p: int = 3
+    tasnet_x: int = 8
+    tasnet_r: int = 3
+    flow_frame_ms: float = 20.0
+    flow_hop_ms: float = 10.0
+    flow_compression: float = 0.33
+    flow_bands: int = 80
+    flow_dim: int = 192
+    flow_blocks: int = 6
+    flow_heads: int = 4
+    flow_time_kernel: int = 5
+
+
+@dataclass
 class MixITConfig:
     """MixIT settings (Wisdom et al. 2020; sparse/efficient MixIT 2021).
 
@@ -154,7 +201,13 @@ class SurfConfig:
             or ``"sample"`` (one t per mixture).
         init_from_mixit: initialise student and EMA teacher from the MixIT network's
             shape-matching weights (everything but the input/output convolutions and the time
-            embedding, which the regression network does not have).
+            embedding, which the regression network does not have). Image tasks only: on audio
+            the MixIT network (Conv-TasNet) and the flow network share no layer, and the
+            transfer is skipped with a logged note.
+        flow_loss: reduction of the flow-matching residual: ``"mse"`` (mean squared error, SURF
+            Code Listing 1), ``"log_mse"`` (the log of the velocity squared error per mixture,
+            ``10 log10(mean(R^2) + 1e-8)`` averaged over mixtures, SURF D.5 following Scheibler
+            et al. 2025), or ``"auto"``: ``log_mse`` on audio tasks, ``mse`` on images.
     """
 
     ema_decay: float = 0.999
@@ -164,6 +217,7 @@ class SurfConfig:
     noise_scale: float = 1.0
     t_sampling: str = "batch"
     init_from_mixit: bool = True
+    flow_loss: str = "auto"
 
 
 @dataclass
@@ -228,6 +282,7 @@ class RunConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     net: NetConfig = field(default_factory=NetConfig)
+    audio_net: AudioNetConfig = field(default_factory=AudioNetConfig)
     mixit: MixITConfig = field(default_factory=MixITConfig)
     remix: RemixConfig = field(default_factory=RemixConfig)
     surf: SurfConfig = field(default_factory=SurfConfig)
@@ -477,6 +532,12 @@ def resolve_config(
         set_path(cfg, key, value)
     for key, value in spec["methods"].get(method, {}).items():
         set_path(cfg, key, value)
+    # per-task layer (audio tasks differ in segment, batch, steps, network sizes)
+    task_spec = spec.get("tasks", {}).get(task, {})
+    for key, value in task_spec.get("common", {}).items():
+        set_path(cfg, key, value)
+    for key, value in task_spec.get("methods", {}).get(method, {}).items():
+        set_path(cfg, key, value)
     overrides = overrides or []
     apply_overrides(cfg, overrides)
     cfg.overrides = tuple(
@@ -507,6 +568,10 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"surf.beta must be in [0, 1], got {beta}")
     if cfg.surf.t_sampling not in ("batch", "sample"):
         raise ConfigError(f"surf.t_sampling must be 'batch' or 'sample', got {cfg.surf.t_sampling}")
+    if cfg.surf.flow_loss not in ("auto", "mse", "log_mse"):
+        raise ConfigError(
+            f"surf.flow_loss must be 'auto', 'mse' or 'log_mse', got {cfg.surf.flow_loss!r}"
+        )
     if cfg.eval.model not in ("ema", "student"):
         raise ConfigError(f"eval.model must be 'ema' or 'student', got {cfg.eval.model!r}")
     if cfg.mixit.loss not in ("mse", "snr"):
@@ -558,16 +623,37 @@ _IDENTITY_OMIT_AT_DEFAULT: dict[str, dict[str, Any]] = {
         "sparsity_weight": 0.0,
         "covariance_weight": 0.0,
     },
+    "surf": {"flow_loss": "auto"},
 }
+
+
+def task_modality(task_name: str) -> str:
+    """``"audio"`` or ``"image"``: the registered task's ``modality`` (``"image"`` for tasks
+    without one or unknown names)."""
+    from benchmark.registry import get_task  # late import: the registry imports methods
+
+    try:
+        return getattr(get_task(task_name), "modality", "image")
+    except KeyError:
+        return "image"
+
+
+def _network_section(cfg: RunConfig, sections: tuple[str, ...]) -> tuple[str, ...]:
+    """On audio tasks the ``net`` section (U-Net sizes, unused) is replaced by ``audio_net`` in
+    a run's identity; image runs keep exactly the sections they always had."""
+    if "net" in sections and task_modality(cfg.task.name) == "audio":
+        return tuple("audio_net" if name == "net" else name for name in sections)
+    return sections
 
 
 def identity_dict(cfg: RunConfig, sections: tuple[str, ...]) -> dict[str, Any]:
     """The part of a config that defines a run's identity (method, seed, listed sections).
 
-    Fields of :data:`_IDENTITY_OMIT_AT_DEFAULT` are left out while at their default.
+    Fields of :data:`_IDENTITY_OMIT_AT_DEFAULT` are left out while at their default. On audio
+    tasks ``audio_net`` stands in for ``net`` (:func:`_network_section`).
     """
     data = {"code_version": CODE_VERSION, "method": cfg.method, "seed": cfg.seed}
-    for name in sections:
+    for name in _network_section(cfg, sections):
         section = to_dict(getattr(cfg, name))
         for key, default in _IDENTITY_OMIT_AT_DEFAULT.get(name, {}).items():
             if section.get(key) == default:

@@ -75,10 +75,11 @@ def _plan_one(
         )
         cfg.teacher = teacher.run_hash
     # label table rows only with the overrides that matter to this method
+    sections = cls.config_sections + (("audio_net",) if "net" in cls.config_sections else ())
     cfg.overrides = tuple(
         o
         for o in cfg.overrides
-        if "." not in o.split("=")[0] or o.split("=")[0].split(".")[0] in cls.config_sections
+        if "." not in o.split("=")[0] or o.split("=")[0].split(".")[0] in sections
     )
     run_hash = config_hash(cfg, cls.config_sections)
     run_dir = run_dir_for(results_dir, task, method, run_hash)
