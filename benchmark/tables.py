@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmark.audio_tables import AUDIO_LAYOUTS, render_audio_task
 from benchmark.registry import get_method, get_task
 from benchmark.store import iter_run_dirs, read_json, read_status
 
@@ -86,7 +87,10 @@ def paper_numbers() -> pd.DataFrame:
     frames = [pd.read_csv(p) for p in sorted(PAPER_DIR.glob("*.csv"))]
     if not frames:
         return pd.DataFrame(columns=["task", "method", "metric", "value", "source"])
-    return pd.concat(frames, ignore_index=True)
+    table = pd.concat(frames, ignore_index=True)
+    if "label" in table:  # rows of one setting of a method (sparse-MixIT Table 1): audio_tables
+        table = table[table["label"].isna()].drop(columns=["label", "variant"], errors="ignore")
+    return table
 
 
 def summarize(scores: pd.DataFrame) -> pd.DataFrame:
@@ -242,5 +246,8 @@ def render_table(
         return wide.to_latex()
     blocks = []
     for t, p in sorted(summary[["task", "preset"]].drop_duplicates().itertuples(index=False)):
+        if t in AUDIO_LAYOUTS:  # paper-shaped audio tables (SURF Tables 3, 4; MixPIT Table I)
+            blocks.append(render_audio_task(summary, t, p, runs))
+            continue
         blocks.append(_block(summary, t, p, runs))
     return "\n\n".join(blocks)
