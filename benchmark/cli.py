@@ -100,7 +100,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print("nothing to do: every run is finished. `python -m benchmark table` shows them.")
         return 0
     counts = execute_plan(
-        todo, args.executor, args.data_root, args.results_dir, device, args.max_parallel
+        todo,
+        args.executor,
+        args.data_root,
+        args.results_dir,
+        device,
+        args.max_parallel,
+        workers=args.workers,
     )
     summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
     print(f"finished: {summary}. `python -m benchmark table --task {args.task}` shows results.")
@@ -155,6 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p_run.add_argument(
         "--max-parallel", type=int, default=1, help="local jobs running at once (default 1)"
+    )
+    p_run.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes per run for CPU-bound metrics (PESQ, ESTOI, DNSMOS, FUSS); "
+        "a runtime option, not part of run hashes (default 1)",
     )
     p_run.add_argument(
         "--retry-failed", action="store_true", help="also re-run runs that failed or diverged"

@@ -58,12 +58,41 @@ class TaskConfig:
         num_sources: K, sources per evaluation/training mixture.
         seed: task seed for the fixed evaluation set, independent of the method seed.
         eval_mixtures: number of evaluation mixtures (5,000 in SURF/BASIS).
+
+    Audio tasks only (``tasks/audio.py``; ignored by the image tasks and left out of run
+    hashes while at their defaults, so adding them changed no existing address):
+
+    Attributes:
+        sample_rate: Hz; 0 = the task's native rate (``fsdd2mix`` 8,000; ``libri2mix``,
+            ``fuss``, ``libri_fuss`` 16,000).
+        segment_s: training segment length in seconds; 0 = the task's default (``fsdd2mix``
+            1.0, ``libri2mix`` 3.0, ``fuss`` and ``libri_fuss`` 10.0).
+        eval_segment_s: evaluation segment length in seconds; 0 = the task's default
+            (full-length ``libri2mix`` test mixtures; the others as ``segment_s``).
+        librimix_mode: ``"min"`` or ``"max"`` (LibriMix's ``wav*/{min,max}`` folders).
+        train_split: training split; "" = the task's default (``libri2mix`` ``train-360``,
+            ``fuss`` ``train``).
+        eval_split: evaluation split; "" = the task's default (``libri2mix`` ``test``,
+            ``fuss`` ``eval``).
+        snr_low_db: lower end of the speech-to-background SNR range of ``libri_fuss`` (dB).
+        snr_high_db: upper end of that range (dB); SNRs are uniform in (low, high).
+        si_sdr_zero_mean: remove the mean of reference and estimate before SI-SDR (the
+            zero-mean variant); False = SURF D.2's formula as written.
     """
 
     name: str = "mnist"
     num_sources: int = 2
     seed: int = 1234
     eval_mixtures: int = 5000
+    sample_rate: int = 0
+    segment_s: float = 0.0
+    eval_segment_s: float = 0.0
+    librimix_mode: str = "min"
+    train_split: str = ""
+    eval_split: str = ""
+    snr_low_db: float = -5.0
+    snr_high_db: float = 15.0
+    si_sdr_zero_mean: bool = False
 
 
 @dataclass
@@ -588,6 +617,24 @@ def validate(cfg: RunConfig) -> None:
             f"even, got {cfg.train.batch_size}"
         )
     _validate_mixit_options(cfg.mixit)
+    _validate_audio_task(cfg.task)
+
+
+def _validate_audio_task(task: TaskConfig) -> None:
+    """The audio-task fields of :class:`TaskConfig` (``tasks/audio.py``)."""
+    if task.librimix_mode not in ("min", "max"):
+        raise ConfigError(f"task.librimix_mode must be 'min' or 'max', got {task.librimix_mode!r}")
+    if task.sample_rate < 0:
+        raise ConfigError(f"task.sample_rate must be >= 0 Hz (0: native), got {task.sample_rate}")
+    for name in ("segment_s", "eval_segment_s"):
+        value = getattr(task, name)
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"task.{name} must be >= 0 s (0: task default), got {value}")
+    if not task.snr_low_db < task.snr_high_db:
+        raise ConfigError(
+            f"task.snr_low_db must be below task.snr_high_db, got {task.snr_low_db} and "
+            f"{task.snr_high_db}"
+        )
 
 
 def _validate_mixit_options(mixit: MixITConfig) -> None:
@@ -617,6 +664,17 @@ def _validate_mixit_options(mixit: MixITConfig) -> None:
 # Fields added after runs were stored: left out of a run's identity while at these defaults, so
 # that adding an option does not change the address of any run made without it.
 _IDENTITY_OMIT_AT_DEFAULT: dict[str, dict[str, Any]] = {
+    "task": {
+        "sample_rate": 0,
+        "segment_s": 0.0,
+        "eval_segment_s": 0.0,
+        "librimix_mode": "min",
+        "train_split": "",
+        "eval_split": "",
+        "snr_low_db": -5.0,
+        "snr_high_db": 15.0,
+        "si_sdr_zero_mean": False,
+    },
     "mixit": {
         "assignment": "exhaustive",
         "sparsity": "none",

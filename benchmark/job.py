@@ -250,10 +250,16 @@ def evaluate(method, task, cfg: RunConfig, run_dir: Path | None = None) -> pd.Da
     if progress:
         progress.close()
     estimates_t = torch.cat(estimates)
+    if getattr(data, "lengths", None) is not None:  # zero-padded variable-length audio
+        return task.score(
+            estimates_t, data.sources.cpu(), data.mixtures.cpu(), lengths=data.lengths.cpu()
+        )
     return task.score(estimates_t, data.sources.cpu(), data.mixtures.cpu())
 
 
-def execute_run(run_dir: str, data_root: str, device: str = "auto") -> dict[str, Any]:
+def execute_run(
+    run_dir: str, data_root: str, device: str = "auto", workers: int = 1
+) -> dict[str, Any]:
     """Train (or resume) and evaluate one planned run; record everything in ``run_dir``.
 
     The run's status ends as ``done``, ``diverged`` (NaN/inf loss) or ``failed`` (any other
@@ -264,6 +270,8 @@ def execute_run(run_dir: str, data_root: str, device: str = "auto") -> dict[str,
         run_dir: the run folder (holding ``config.json``) prepared by the runner.
         data_root: dataset root folder.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``, ...
+        workers: worker processes for CPU-bound metrics (``task.workers``; a runtime option,
+            not part of the run's identity).
 
     Returns:
         The metrics dict also written to ``metrics.json``.
@@ -292,6 +300,7 @@ def execute_run(run_dir: str, data_root: str, device: str = "auto") -> dict[str,
             _device_name(dev),
         )
         task = get_task(cfg.task.name)(cfg.task, Path(data_root)).to(dev)
+        task.workers = max(1, int(workers))
         method_cls = get_method(cfg.method)
         teacher = None
         if info.get("teacher_dir"):
@@ -317,6 +326,7 @@ def execute_run(run_dir: str, data_root: str, device: str = "auto") -> dict[str,
             eval_time_s=eval_time,
             final_loss=curve[-1]["loss"] if curve else None,
         )
+        metrics.update(task.summarize(scores))
         atomic_write_json(path / "metrics.json", metrics)
         atomic_write_json(
             path / "meta.json",

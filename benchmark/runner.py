@@ -219,6 +219,7 @@ def execute_plan(
     device: str = "auto",
     max_parallel: int = 1,
     timeout_min: int = 7 * 24 * 60,
+    workers: int = 1,
 ) -> dict[str, int]:
     """Run the planned runs stage by stage through submitit; one failure never stops the rest
     (runs whose teacher did not finish are marked failed with that reason).
@@ -245,7 +246,9 @@ def execute_plan(
                     )
                     display.finish(run, _finish_message(run, time.time()))
                     continue
-                run.job = executor.submit(execute_run, str(run.run_dir), str(data_root), device)
+                run.job = executor.submit(
+                    execute_run, str(run.run_dir), str(data_root), device, workers
+                )
                 active.append((run, time.time()))
             for run, started in list(active):
                 if executor_name == "debug" or run.job.done():
