@@ -334,6 +334,24 @@ _SMOKE_NET = {
     "net.dropout": 0.0,
 }
 
+# Audio network sizes per preset (``audio_net``; SURF D.3, D.5, Tables 7 and 8).
+_SMOKE_AUDIO_NET = {
+    "audio_net.tasnet_n": 16,
+    "audio_net.tasnet_l": 16,
+    "audio_net.tasnet_b": 16,
+    "audio_net.tasnet_h": 32,
+    "audio_net.tasnet_x": 2,
+    "audio_net.tasnet_r": 1,
+    "audio_net.flow_bands": 8,
+    "audio_net.flow_dim": 16,
+    "audio_net.flow_blocks": 1,
+    "audio_net.flow_heads": 2,
+}
+_AUDIO_TASKS = ("fsdd2mix", "libri2mix", "fuss", "libri_fuss")
+# SURF D.5: on audio, MixIT's mixtures of mixtures hold two regular mixtures (no single-source
+# references); the MixIT loss is the thresholded SNR of Wisdom et al. (2020/2021)
+_AUDIO_MIXIT = {"mixit.single_source_prob": 0.0, "mixit.loss": "snr"}
+
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
         "description": "seconds per method on 2 CPU cores; exercises every code path (tests)",
@@ -355,6 +373,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "methods": {
             # half of the 6 steps, so that a smoke run goes through both MixCycle phases
             "mixcycle": {"mixcycle.mixpit_steps": 3},
+        },
+        "tasks": {
+            name: {"common": {**_SMOKE_AUDIO_NET, **_AUDIO_MIXIT, "eval.batch_size": 16}}
+            for name in _AUDIO_TASKS
         },
     },
     "cpu": {
@@ -392,6 +414,52 @@ PRESETS: dict[str, dict[str, Any]] = {
             "mixpit": {"train.steps": 1200},
             "mixcycle": {"train.steps": 1200, "mixcycle.mixpit_steps": 200},
         },
+        "tasks": {
+            # FSDD2Mix (1 s at 8 kHz); sized for the seven unsupervised methods on 2 CPU cores
+            # (README, "Results at CPU scale": fsdd2mix)
+            "fsdd2mix": {
+                "common": {
+                    **_AUDIO_MIXIT,
+                    "audio_net.tasnet_n": 64,
+                    "audio_net.tasnet_l": 16,
+                    "audio_net.tasnet_b": 32,
+                    "audio_net.tasnet_h": 64,
+                    "audio_net.tasnet_x": 4,
+                    "audio_net.tasnet_r": 2,
+                    # 32 ms frames / 16 ms hop (Table 7: 20 / 10) and 8 bands: 4x fewer
+                    # time-frequency tokens, so that a SURF step fits a CPU budget
+                    "audio_net.flow_frame_ms": 32.0,
+                    "audio_net.flow_hop_ms": 16.0,
+                    "audio_net.flow_bands": 8,
+                    "audio_net.flow_dim": 32,
+                    "audio_net.flow_blocks": 2,
+                    "audio_net.flow_heads": 4,
+                    "task.eval_mixtures": 300,
+                    "train.batch_size": 16,
+                    "eval.batch_size": 50,
+                    "surf.noise_scale": 1.0,
+                },
+                "methods": {
+                    "mixit": {"train.steps": 500},
+                    "mixpit": {"train.steps": 500},
+                    "mixcycle": {"train.steps": 500, "mixcycle.mixpit_steps": 85},
+                    "supervised": {"train.steps": 500},
+                    "remixit": {"train.steps": 150},
+                    "self_remixing": {"train.steps": 150},
+                    "surf_rm": {
+                        "train.steps": 300,
+                        "train.batch_size": 8,
+                        "surf.beta_decay_steps": 200,
+                    },
+                    "surf_sr": {
+                        "train.steps": 300,
+                        "train.batch_size": 8,
+                        "surf.beta_decay_steps": 200,
+                    },
+                    "floss": {"train.steps": 300, "train.batch_size": 8},
+                },
+            },
+        },
     },
     "paper": {
         "description": "SURF Table 6 / App. D (NCSN++ nf=64, 15.8M params, B=256, 5-step Euler)",
@@ -422,6 +490,33 @@ PRESETS: dict[str, dict[str, Any]] = {
             "floss": {"train.steps": 400_000},
             "mixpit": {"train.steps": 200_000},
             "mixcycle": {"train.steps": 200_000, "mixcycle.mixpit_steps": 33_000},
+        },
+        # audio: Conv-TasNet at Luo and Mesgarani's best configuration and the flow network at
+        # SURF Table 7 (embedding 192, Libri2Mix-sized) / Table 8 (384, AudioSet-sized, for FUSS
+        # and LibriSpeech + FUSS); both are the AudioNetConfig defaults. SURF gives no audio
+        # batch size: 16 segments per step is our choice (10 s FUSS segments at B = 256 do not
+        # fit one GPU).
+        "tasks": {
+            "fsdd2mix": {
+                "common": {**_AUDIO_MIXIT, "train.batch_size": 16, "eval.batch_size": 100}
+            },
+            "libri2mix": {"common": {**_AUDIO_MIXIT, "train.batch_size": 16, "eval.batch_size": 1}},
+            "fuss": {
+                "common": {
+                    **_AUDIO_MIXIT,
+                    "audio_net.flow_dim": 384,
+                    "train.batch_size": 16,
+                    "eval.batch_size": 8,
+                }
+            },
+            "libri_fuss": {
+                "common": {
+                    **_AUDIO_MIXIT,
+                    "audio_net.flow_dim": 384,
+                    "train.batch_size": 16,
+                    "eval.batch_size": 8,
+                }
+            },
         },
     },
 }

@@ -216,17 +216,35 @@ class _ConvFFN(nn.Module):
 
 
 class _Attention(nn.Module):
-    """Pre-norm multi-head self-attention over one token axis group, with a residual."""
+    """Pre-norm multi-head self-attention over one token axis group, with a residual.
+
+    ``softmax(Q K^T / sqrt(d)) V`` per head: very short sequences (the K + 1 source tokens)
+    are computed with broadcast products, which on CPU is much faster than batched matrix
+    products of tiny matrices; longer ones use ``F.scaled_dot_product_attention``.
+    """
 
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
+        if dim % heads:
+            raise ValueError(f"audio_net.flow_dim={dim} must be divisible by flow_heads={heads}")
+        self.heads = heads
         self.norm = nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
 
     def forward(self, tokens: Tensor) -> Tensor:
         """``(N, L, D)`` sequences -> same shape."""
-        y = self.norm(tokens)
-        return tokens + self.attn(y, y, y, need_weights=False)[0]
+        n, length, dim = tokens.shape
+        qkv = self.qkv(self.norm(tokens)).reshape(n, length, 3, self.heads, dim // self.heads)
+        if length <= 8:
+            q, k, v = qkv.unbind(2)  # (N, L, heads, d) each
+            scores = (q[:, :, None] * k[:, None]).sum(-1) / math.sqrt(dim // self.heads)
+            weights = torch.softmax(scores, dim=2)  # (N, L_q, L_k, heads)
+            y = (weights[..., None] * v[:, None]).sum(2).reshape(n, length, dim)
+        else:
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (N, heads, L, d) each
+            y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, length, dim)
+        return tokens + self.out(y)
 
 
 class _TFBlock(nn.Module):
