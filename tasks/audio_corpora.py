@@ -22,7 +22,8 @@ Layouts (``<root>`` is the data root):
 - ``libri_fuss`` (SURF §5.2, Table 3): LibriSpeech ``test-clean`` utterances
   (``<root>/LibriSpeech/test-clean/<spk>/<chapter>/<spk>-<chapter>-<utt>.flac``) mixed with
   the background source of each FUSS ``eval`` example (examples without a background are
-  skipped) at an SNR uniform in (``task.snr_low_db``, ``task.snr_high_db``) = (-5, 15) dB,
+  skipped; the utterance centre-padded to 10 s, or a 10 s excerpt at a seeded random offset
+  when longer) at an SNR uniform in (``task.snr_low_db``, ``task.snr_high_db``) = (-5, 15) dB,
   then renormalised so that the mixture peak is 0.9 (in (-1, 1)); the same gain is applied to
   both sources so that the mixture stays their sum. Sources: (speech, background); fixed by the
   task seed. Training mixtures (the paper trains on AudioSet, which is not available here) are
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import csv
 import math
+from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -209,8 +211,15 @@ class Libri2MixTask(AudioTask):
         )
         self.train_split = config.train_split or "train-360"
         self.eval_split = config.eval_split or "test"
-        self.train_index = _librimix_index(self.base, self.train_split)
-        self._lengths = torch.tensor(self.train_index["length"].to_numpy())
+
+    @cached_property
+    def train_index(self) -> pd.DataFrame:
+        """The training split's index (built on first use: evaluation needs only its split)."""
+        return _librimix_index(self.base, self.train_split)
+
+    @cached_property
+    def _lengths(self) -> Tensor:
+        return torch.tensor(self.train_index["length"].to_numpy())
 
     def _read_rows(self, rows: list[int], offsets: list[int], keys: tuple[str, ...]) -> Tensor:
         out = np.stack(
@@ -353,8 +362,12 @@ class FussTask(AudioTask):
             raise ValueError("FUSS is 16 kHz: task.sample_rate must be 0 or 16000")
         self.train_split = config.train_split or "train"
         self.eval_split = config.eval_split or "eval"
-        self.train_examples = _fuss_index(self.data_root, self.train_split)
         self._full = FUSS_RATE * 10
+
+    @cached_property
+    def train_examples(self) -> list[tuple[Path, list[Path]]]:
+        """The training split's examples (indexed on first use)."""
+        return _fuss_index(self.data_root, self.train_split)
 
     @property
     def num_sources(self) -> int:
@@ -521,8 +534,16 @@ class LibriFussTask(AudioTask):
                 f"task.num_sources={self.num_sources}"
             )
         self.train_split = config.train_split or "train-clean-100"
-        self.train_speech = _librispeech_files(self.data_root, self.train_split)
-        self.train_backgrounds = _backgrounds(self.data_root, "train")
+
+    @cached_property
+    def train_speech(self) -> list[Path]:
+        """Training utterances (LibriSpeech ``task.train_split``; indexed on first use)."""
+        return _librispeech_files(self.data_root, self.train_split)
+
+    @cached_property
+    def train_backgrounds(self) -> list[Path]:
+        """Training backgrounds (FUSS ``train``; indexed on first use)."""
+        return _backgrounds(self.data_root, "train")
 
     def _make(
         self, speech: Path, background: Path, snr_db: float, offset: int, length: int

@@ -162,11 +162,14 @@ def test_libri2mix_eval_full_length_padded_and_scored_on_true_length(libri_root)
 
 
 def test_libri2mix_missing_dataset_names_layout(tmp_path):
+    task = Libri2MixTask(TaskConfig(name="libri2mix"), tmp_path)
     with pytest.raises(DatasetNotFoundError) as info:
-        Libri2MixTask(TaskConfig(name="libri2mix"), tmp_path)
+        task.sample_mixtures(2, torch.Generator().manual_seed(0))
     message = str(info.value)
     assert "wav16k/min/metadata/mixture_train-360_mix_clean.csv" in message
-    assert "{mix_clean,s1,s2}/<mixture_ID>.wav" in message
+    assert "{mix_clean,s1,s2}/<mixture_ID>.wav" in message and str(tmp_path) in message
+    with pytest.raises(DatasetNotFoundError, match=r"mixture_test_mix_clean\.csv"):
+        task.eval_set()
 
 
 def test_libri2mix_bad_files_are_named(tmp_path, data_root):
@@ -174,8 +177,8 @@ def test_libri2mix_bad_files_are_named(tmp_path, data_root):
     csv_path = base / "metadata" / "mixture_train-360_mix_clean.csv"
     victim = base / "train-360" / "s2" / "101-2000-0001_201-3000-0001.wav"
     victim.unlink()
-    with pytest.raises(AudioDataError, match=r"line 3: source_2_path file not found"):
-        _libri_task(tmp_path)
+    with pytest.raises(AudioDataError, match=r"train-360_mix_clean\.csv, line 3: source_2_path"):
+        _libri_task(tmp_path).sample_mixtures(1, torch.Generator().manual_seed(0))
     sf.write(victim, np.zeros(100), 16_000)  # wrong sample rate
     task = _libri_task(tmp_path)
     with pytest.raises(AudioDataError, match=r"s2/101-2000-0001_201-3000-0001\.wav: sample rate"):
@@ -233,11 +236,11 @@ def test_fuss_scores_and_pooled_summary(fuss_root):
 
 def test_fuss_list_errors_named(tmp_path, data_root):
     with pytest.raises(DatasetNotFoundError, match=r"fuss_dev/ssdata/train_example_list\.txt"):
-        FussTask(TaskConfig(name="fuss"), tmp_path)
+        FussTask(TaskConfig(name="fuss"), tmp_path).sample_mixtures(1, torch.Generator())
     folder = make_fuss(tmp_path, data_root, counts=(("train", 2),))
     (folder / "train" / "example00001_sources" / "foreground0_sound.wav").unlink()
     with pytest.raises(AudioDataError, match=r"line 2: file not found: .*foreground0_sound"):
-        FussTask(TaskConfig(name="fuss"), tmp_path)
+        FussTask(TaskConfig(name="fuss"), tmp_path).sample_mixtures(1, torch.Generator())
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,8 +289,11 @@ def test_libri_fuss_scores_speech_only_and_trains_on_mixtures(libri_fuss_root):
 
 def test_libri_fuss_missing_librispeech_named(tmp_path, data_root):
     make_fuss(tmp_path, data_root, counts=(("train", 1),))
+    task = LibriFussTask(TaskConfig(name="libri_fuss"), tmp_path)
     with pytest.raises(DatasetNotFoundError, match=r"LibriSpeech/train-clean-100/<spk>"):
-        LibriFussTask(TaskConfig(name="libri_fuss"), tmp_path)
+        task.sample_mixtures(1, torch.Generator())
+    with pytest.raises(DatasetNotFoundError, match=r"LibriSpeech/test-clean/<spk>"):
+        task.eval_set()
 
 
 # --------------------------------------------------------------------------------------------
