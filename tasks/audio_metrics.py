@@ -116,7 +116,9 @@ def pit_si_sdr(
     order[list(best_perm)] = np.arange(k)  # reference j <- estimate order[j]
     scores = pair[order, np.arange(k)]
     baseline = si_sdr(references, mixture[None, :], zero_mean)
-    return {"perm": best_perm, "order": order, "si_sdr": scores, "si_sdri": scores - baseline}
+    with np.errstate(invalid="ignore"):  # inf - inf (silent reference) is NaN, as it should
+        improvement = scores - baseline
+    return {"perm": best_perm, "order": order, "si_sdr": scores, "si_sdri": improvement}
 
 
 def pesq_score(reference: np.ndarray, estimate: np.ndarray, sample_rate: int) -> float:
