@@ -164,8 +164,8 @@ def _digits(metric: str) -> int:
 
 
 def _cell(hit: pd.DataFrame, metric: str) -> str:
-    if not len(hit):
-        return "–"
+    if not len(hit) or not math.isfinite(float(hit["mean"].iloc[0])):
+        return "–"  # not computed, or no item of this kind (e.g. no 4-source FUSS example)
     row = hit.iloc[0]
     d = _digits(metric)
     return f"{row['mean']:.{d}f} ± {row['std']:.{d}f} ({int(row['n'])})"
