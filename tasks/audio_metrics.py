@@ -137,7 +137,8 @@ def pesq_score(reference: np.ndarray, estimate: np.ndarray, sample_rate: int) ->
     if sample_rate not in modes:
         raise ValueError(f"PESQ needs 8000 or 16000 Hz audio, got {sample_rate} Hz")
     try:
-        return float(pesq(sample_rate, reference, estimate, modes[sample_rate]))
+        with np.errstate(divide="ignore", invalid="ignore"):  # pesq divides silent input by 0
+            return float(pesq(sample_rate, reference, estimate, modes[sample_rate]))
     except PesqError:
         return math.nan
 
