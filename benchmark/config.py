@@ -375,8 +375,23 @@ PRESETS: dict[str, dict[str, Any]] = {
             "mixcycle": {"mixcycle.mixpit_steps": 3},
         },
         "tasks": {
-            name: {"common": {**_SMOKE_AUDIO_NET, **_AUDIO_MIXIT, "eval.batch_size": 16}}
-            for name in _AUDIO_TASKS
+            **{
+                name: {"common": {**_SMOKE_AUDIO_NET, **_AUDIO_MIXIT, "eval.batch_size": 16}}
+                for name in _AUDIO_TASKS
+            },
+            # 1 s training and evaluation segments for the long-form corpora (3-10 s natively)
+            **{
+                name: {
+                    "common": {
+                        **_SMOKE_AUDIO_NET,
+                        **_AUDIO_MIXIT,
+                        "eval.batch_size": 16,
+                        "task.segment_s": 1.0,
+                        "task.eval_segment_s": 1.0,
+                    }
+                }
+                for name in ("libri2mix", "fuss", "libri_fuss")
+            },
         },
     },
     "cpu": {
