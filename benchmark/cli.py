@@ -193,6 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-parallel", type=int, default=1, help="local jobs running at once (default 1)"
     )
     p_run.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes per run for CPU-bound metrics (PESQ, ESTOI, DNSMOS, FUSS); "
+        "a runtime option, not part of run hashes (default 1)",
+    )
+    p_run.add_argument(
         "--retry-failed", action="store_true", help="also re-run runs that failed or diverged"
     )
     add_execution_arguments(p_run)

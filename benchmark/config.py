@@ -24,6 +24,7 @@ from benchmark import CODE_VERSION
 
 __all__ = [
     "PRESETS",
+    "AudioNetConfig",
     "ConfigError",
     "EvalConfig",
     "MixCycleConfig",
@@ -40,6 +41,7 @@ __all__ = [
     "config_hash",
     "parse_overrides",
     "resolve_config",
+    "task_modality",
     "to_dict",
 ]
 
@@ -57,12 +59,41 @@ class TaskConfig:
         num_sources: K, sources per evaluation/training mixture.
         seed: task seed for the fixed evaluation set, independent of the method seed.
         eval_mixtures: number of evaluation mixtures (5,000 in SURF/BASIS).
+
+    Audio tasks only (``tasks/audio.py``; ignored by the image tasks and left out of run
+    hashes while at their defaults, so adding them changed no existing address):
+
+    Attributes:
+        sample_rate: Hz; 0 = the task's native rate (``fsdd2mix`` 8,000; ``libri2mix``,
+            ``fuss``, ``libri_fuss`` 16,000).
+        segment_s: training segment length in seconds; 0 = the task's default (``fsdd2mix``
+            1.0, ``libri2mix`` 3.0, ``fuss`` and ``libri_fuss`` 10.0).
+        eval_segment_s: evaluation segment length in seconds; 0 = the task's default
+            (full-length ``libri2mix`` test mixtures; the others as ``segment_s``).
+        librimix_mode: ``"min"`` or ``"max"`` (LibriMix's ``wav*/{min,max}`` folders).
+        train_split: training split; "" = the task's default (``libri2mix`` ``train-360``,
+            ``fuss`` ``train``).
+        eval_split: evaluation split; "" = the task's default (``libri2mix`` ``test``,
+            ``fuss`` ``eval``).
+        snr_low_db: lower end of the speech-to-background SNR range of ``libri_fuss`` (dB).
+        snr_high_db: upper end of that range (dB); SNRs are uniform in (low, high).
+        si_sdr_zero_mean: remove the mean of reference and estimate before SI-SDR (the
+            zero-mean variant); False = SURF D.2's formula as written.
     """
 
     name: str = "mnist"
     num_sources: int = 2
     seed: int = 1234
     eval_mixtures: int = 5000
+    sample_rate: int = 0
+    segment_s: float = 0.0
+    eval_segment_s: float = 0.0
+    librimix_mode: str = "min"
+    train_split: str = ""
+    eval_split: str = ""
+    snr_low_db: float = -5.0
+    snr_high_db: float = 15.0
+    si_sdr_zero_mean: bool = False
 
 
 @dataclass
@@ -98,6 +129,51 @@ class NetConfig:
     attn_resolutions: tuple[int, ...] = (16, 8)
     dropout: float = 0.1
     fourier_scale: float = 16.0
+
+
+@dataclass
+class AudioNetConfig:
+    """Audio network sizes (SURF Appendix D.3, D.5), used instead of ``net`` on audio tasks.
+
+    Conv-TasNet (Luo and Mesgarani 2019; the MixIT teacher and the regression methods' network),
+    in the paper's notation; defaults are its best configuration (Table II: N = 512, L = 16,
+    B = 128, H = 512, P = 3, X = 8, R = 3):
+
+    Attributes:
+        tasnet_n: N, encoder filters.
+        tasnet_l: L, encoder filter length in samples (stride L / 2; must be even).
+        tasnet_b: B, bottleneck (and skip) channels of the TCN.
+        tasnet_h: H, channels inside a convolutional block.
+        tasnet_p: P, depthwise kernel size.
+        tasnet_x: X, blocks per repeat (dilations 1 .. 2^(X-1)).
+        tasnet_r: R, repeats.
+        flow_frame_ms: STFT frame length in ms of the time-frequency flow network (SURF
+            Table 7: 20 ms).
+        flow_hop_ms: STFT hop in ms (Table 7: 10 ms overlap of 20 ms frames).
+        flow_compression: magnitude compression exponent (Table 7: 0.33).
+        flow_bands: mel bands of the band-split front-end (Table 7: 80).
+        flow_dim: feature embedding dimension (Table 7: 192 for Libri2Mix; Table 8: 384 for
+            AudioSet, used for ``fuss`` and ``libri_fuss``).
+        flow_blocks: number of blocks (Tables 7, 8: 6).
+        flow_heads: attention heads.
+        flow_time_kernel: kernel of the convolutional FFN along time (Table 7 BSJA: 5).
+    """
+
+    tasnet_n: int = 512
+    tasnet_l: int = 16
+    tasnet_b: int = 128
+    tasnet_h: int = 512
+    tasnet_p: int = 3
+    tasnet_x: int = 8
+    tasnet_r: int = 3
+    flow_frame_ms: float = 20.0
+    flow_hop_ms: float = 10.0
+    flow_compression: float = 0.33
+    flow_bands: int = 80
+    flow_dim: int = 192
+    flow_blocks: int = 6
+    flow_heads: int = 4
+    flow_time_kernel: int = 5
 
 
 @dataclass
@@ -155,7 +231,13 @@ class SurfConfig:
             or ``"sample"`` (one t per mixture).
         init_from_mixit: initialise student and EMA teacher from the MixIT network's
             shape-matching weights (everything but the input/output convolutions and the time
-            embedding, which the regression network does not have).
+            embedding, which the regression network does not have). Image tasks only: on audio
+            the MixIT network (Conv-TasNet) and the flow network share no layer, and the
+            transfer is skipped with a logged note.
+        flow_loss: reduction of the flow-matching residual: ``"mse"`` (mean squared error, SURF
+            Code Listing 1), ``"log_mse"`` (the log of the velocity squared error per mixture,
+            ``10 log10(mean(R^2) + 1e-8)`` averaged over mixtures, SURF D.5 following Scheibler
+            et al. 2025), or ``"auto"``: ``log_mse`` on audio tasks, ``mse`` on images.
     """
 
     ema_decay: float = 0.999
@@ -165,6 +247,7 @@ class SurfConfig:
     noise_scale: float = 1.0
     t_sampling: str = "batch"
     init_from_mixit: bool = True
+    flow_loss: str = "auto"
 
 
 @dataclass
@@ -254,6 +337,7 @@ class RunConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     net: NetConfig = field(default_factory=NetConfig)
+    audio_net: AudioNetConfig = field(default_factory=AudioNetConfig)
     mixit: MixITConfig = field(default_factory=MixITConfig)
     remix: RemixConfig = field(default_factory=RemixConfig)
     surf: SurfConfig = field(default_factory=SurfConfig)
@@ -276,6 +360,24 @@ _SMOKE_NET = {
     "net.attn_resolutions": (),
     "net.dropout": 0.0,
 }
+
+# Audio network sizes per preset (``audio_net``; SURF D.3, D.5, Tables 7 and 8).
+_SMOKE_AUDIO_NET = {
+    "audio_net.tasnet_n": 16,
+    "audio_net.tasnet_l": 16,
+    "audio_net.tasnet_b": 16,
+    "audio_net.tasnet_h": 32,
+    "audio_net.tasnet_x": 2,
+    "audio_net.tasnet_r": 1,
+    "audio_net.flow_bands": 8,
+    "audio_net.flow_dim": 16,
+    "audio_net.flow_blocks": 1,
+    "audio_net.flow_heads": 2,
+}
+_AUDIO_TASKS = ("fsdd2mix", "libri2mix", "fuss", "libri_fuss")
+# SURF D.5: on audio, MixIT's mixtures of mixtures hold two regular mixtures (no single-source
+# references); the MixIT loss is the thresholded SNR of Wisdom et al. (2020/2021)
+_AUDIO_MIXIT = {"mixit.single_source_prob": 0.0, "mixit.loss": "snr"}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
@@ -300,6 +402,25 @@ PRESETS: dict[str, dict[str, Any]] = {
         "methods": {
             # half of the 6 steps, so that a smoke run goes through both MixCycle phases
             "mixcycle": {"mixcycle.mixpit_steps": 3},
+        },
+        "tasks": {
+            **{
+                name: {"common": {**_SMOKE_AUDIO_NET, **_AUDIO_MIXIT, "eval.batch_size": 16}}
+                for name in _AUDIO_TASKS
+            },
+            # 1 s training and evaluation segments for the long-form corpora (3-10 s natively)
+            **{
+                name: {
+                    "common": {
+                        **_SMOKE_AUDIO_NET,
+                        **_AUDIO_MIXIT,
+                        "eval.batch_size": 16,
+                        "task.segment_s": 1.0,
+                        "task.eval_segment_s": 1.0,
+                    }
+                }
+                for name in ("libri2mix", "fuss", "libri_fuss")
+            },
         },
     },
     "cpu": {
@@ -339,6 +460,52 @@ PRESETS: dict[str, dict[str, Any]] = {
             "mixpit": {"train.steps": 1200},
             "mixcycle": {"train.steps": 1200, "mixcycle.mixpit_steps": 200},
         },
+        "tasks": {
+            # FSDD2Mix (1 s at 8 kHz); sized for the seven unsupervised methods on 2 CPU cores
+            # (README, "Results at CPU scale": fsdd2mix)
+            "fsdd2mix": {
+                "common": {
+                    **_AUDIO_MIXIT,
+                    "audio_net.tasnet_n": 64,
+                    "audio_net.tasnet_l": 32,
+                    "audio_net.tasnet_b": 32,
+                    "audio_net.tasnet_h": 64,
+                    "audio_net.tasnet_x": 4,
+                    "audio_net.tasnet_r": 2,
+                    # 32 ms frames / 16 ms hop (Table 7: 20 / 10) and 8 bands: 4x fewer
+                    # time-frequency tokens, so that a SURF step fits a CPU budget
+                    "audio_net.flow_frame_ms": 32.0,
+                    "audio_net.flow_hop_ms": 16.0,
+                    "audio_net.flow_bands": 8,
+                    "audio_net.flow_dim": 32,
+                    "audio_net.flow_blocks": 2,
+                    "audio_net.flow_heads": 4,
+                    "task.eval_mixtures": 200,
+                    "train.batch_size": 16,
+                    "eval.batch_size": 50,
+                    "surf.noise_scale": 1.0,
+                },
+                "methods": {
+                    "mixit": {"train.steps": 250},
+                    "mixpit": {"train.steps": 250},
+                    "mixcycle": {"train.steps": 250, "mixcycle.mixpit_steps": 42},
+                    "supervised": {"train.steps": 250},
+                    "remixit": {"train.steps": 80},
+                    "self_remixing": {"train.steps": 80},
+                    "surf_rm": {
+                        "train.steps": 150,
+                        "train.batch_size": 8,
+                        "surf.beta_decay_steps": 100,
+                    },
+                    "surf_sr": {
+                        "train.steps": 150,
+                        "train.batch_size": 8,
+                        "surf.beta_decay_steps": 100,
+                    },
+                    "floss": {"train.steps": 150, "train.batch_size": 8},
+                },
+            },
+        },
     },
     "paper": {
         "description": "SURF Table 6 / App. D (NCSN++ nf=64, 15.8M params, B=256, 5-step Euler)",
@@ -369,6 +536,33 @@ PRESETS: dict[str, dict[str, Any]] = {
             "floss": {"train.steps": 400_000},
             "mixpit": {"train.steps": 200_000},
             "mixcycle": {"train.steps": 200_000, "mixcycle.mixpit_steps": 33_000},
+        },
+        # audio: Conv-TasNet at Luo and Mesgarani's best configuration and the flow network at
+        # SURF Table 7 (embedding 192, Libri2Mix-sized) / Table 8 (384, AudioSet-sized, for FUSS
+        # and LibriSpeech + FUSS); both are the AudioNetConfig defaults. SURF gives no audio
+        # batch size: 16 segments per step is our choice (10 s FUSS segments at B = 256 do not
+        # fit one GPU).
+        "tasks": {
+            "fsdd2mix": {
+                "common": {**_AUDIO_MIXIT, "train.batch_size": 16, "eval.batch_size": 100}
+            },
+            "libri2mix": {"common": {**_AUDIO_MIXIT, "train.batch_size": 16, "eval.batch_size": 1}},
+            "fuss": {
+                "common": {
+                    **_AUDIO_MIXIT,
+                    "audio_net.flow_dim": 384,
+                    "train.batch_size": 16,
+                    "eval.batch_size": 8,
+                }
+            },
+            "libri_fuss": {
+                "common": {
+                    **_AUDIO_MIXIT,
+                    "audio_net.flow_dim": 384,
+                    "train.batch_size": 16,
+                    "eval.batch_size": 8,
+                }
+            },
         },
     },
 }
@@ -508,6 +702,12 @@ def resolve_config(
         set_path(cfg, key, value)
     for key, value in spec["methods"].get(method, {}).items():
         set_path(cfg, key, value)
+    # per-task layer (audio tasks differ in segment, batch, steps, network sizes)
+    task_spec = spec.get("tasks", {}).get(task, {})
+    for key, value in task_spec.get("common", {}).items():
+        set_path(cfg, key, value)
+    for key, value in task_spec.get("methods", {}).get(method, {}).items():
+        set_path(cfg, key, value)
     overrides = overrides or []
     apply_overrides(cfg, overrides)
     cfg.overrides = tuple(
@@ -538,6 +738,10 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"surf.beta must be in [0, 1], got {beta}")
     if cfg.surf.t_sampling not in ("batch", "sample"):
         raise ConfigError(f"surf.t_sampling must be 'batch' or 'sample', got {cfg.surf.t_sampling}")
+    if cfg.surf.flow_loss not in ("auto", "mse", "log_mse"):
+        raise ConfigError(
+            f"surf.flow_loss must be 'auto', 'mse' or 'log_mse', got {cfg.surf.flow_loss!r}"
+        )
     if cfg.eval.model not in ("ema", "student"):
         raise ConfigError(f"eval.model must be 'ema' or 'student', got {cfg.eval.model!r}")
     if cfg.mixit.loss not in ("mse", "snr"):
@@ -555,6 +759,7 @@ def validate(cfg: RunConfig) -> None:
         )
     _validate_mixit_options(cfg.mixit)
     _validate_perceptual(cfg.perceptual)
+    _validate_audio_task(cfg.task)
 
 
 def _validate_perceptual(perceptual: PerceptualConfig) -> None:
@@ -567,6 +772,23 @@ def _validate_perceptual(perceptual: PerceptualConfig) -> None:
         value = getattr(perceptual, name)
         if value < (0 if name == "table2_mixtures" else 1):
             raise ConfigError(f"perceptual.{name} must be positive, got {value}")
+
+
+def _validate_audio_task(task: TaskConfig) -> None:
+    """The audio-task fields of :class:`TaskConfig` (``tasks/audio.py``)."""
+    if task.librimix_mode not in ("min", "max"):
+        raise ConfigError(f"task.librimix_mode must be 'min' or 'max', got {task.librimix_mode!r}")
+    if task.sample_rate < 0:
+        raise ConfigError(f"task.sample_rate must be >= 0 Hz (0: native), got {task.sample_rate}")
+    for name in ("segment_s", "eval_segment_s"):
+        value = getattr(task, name)
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"task.{name} must be >= 0 s (0: task default), got {value}")
+    if not task.snr_low_db < task.snr_high_db:
+        raise ConfigError(
+            f"task.snr_low_db must be below task.snr_high_db, got {task.snr_low_db} and "
+            f"{task.snr_high_db}"
+        )
 
 
 def _validate_mixit_options(mixit: MixITConfig) -> None:
@@ -596,22 +818,54 @@ def _validate_mixit_options(mixit: MixITConfig) -> None:
 # Fields added after runs were stored: left out of a run's identity while at these defaults, so
 # that adding an option does not change the address of any run made without it.
 _IDENTITY_OMIT_AT_DEFAULT: dict[str, dict[str, Any]] = {
+    "task": {
+        "sample_rate": 0,
+        "segment_s": 0.0,
+        "eval_segment_s": 0.0,
+        "librimix_mode": "min",
+        "train_split": "",
+        "eval_split": "",
+        "snr_low_db": -5.0,
+        "snr_high_db": 15.0,
+        "si_sdr_zero_mean": False,
+    },
     "mixit": {
         "assignment": "exhaustive",
         "sparsity": "none",
         "sparsity_weight": 0.0,
         "covariance_weight": 0.0,
     },
+    "surf": {"flow_loss": "auto"},
 }
+
+
+def task_modality(task_name: str) -> str:
+    """``"audio"`` or ``"image"``: the registered task's ``modality`` (``"image"`` for tasks
+    without one or unknown names)."""
+    from benchmark.registry import get_task  # late import: the registry imports methods
+
+    try:
+        return getattr(get_task(task_name), "modality", "image")
+    except KeyError:
+        return "image"
+
+
+def _network_section(cfg: RunConfig, sections: tuple[str, ...]) -> tuple[str, ...]:
+    """On audio tasks the ``net`` section (U-Net sizes, unused) is replaced by ``audio_net`` in
+    a run's identity; image runs keep exactly the sections they always had."""
+    if "net" in sections and task_modality(cfg.task.name) == "audio":
+        return tuple("audio_net" if name == "net" else name for name in sections)
+    return sections
 
 
 def identity_dict(cfg: RunConfig, sections: tuple[str, ...]) -> dict[str, Any]:
     """The part of a config that defines a run's identity (method, seed, listed sections).
 
-    Fields of :data:`_IDENTITY_OMIT_AT_DEFAULT` are left out while at their default.
+    Fields of :data:`_IDENTITY_OMIT_AT_DEFAULT` are left out while at their default. On audio
+    tasks ``audio_net`` stands in for ``net`` (:func:`_network_section`).
     """
     data = {"code_version": CODE_VERSION, "method": cfg.method, "seed": cfg.seed}
-    for name in sections:
+    for name in _network_section(cfg, sections):
         section = to_dict(getattr(cfg, name))
         for key, default in _IDENTITY_OMIT_AT_DEFAULT.get(name, {}).items():
             if section.get(key) == default:

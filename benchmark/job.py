@@ -280,7 +280,12 @@ def evaluate(
     if progress:
         progress.close()
     estimates_t = torch.cat(estimates)
-    scores = task.score(estimates_t, data.sources.cpu(), data.mixtures.cpu())
+    if getattr(data, "lengths", None) is not None:  # zero-padded variable-length audio
+        scores = task.score(
+            estimates_t, data.sources.cpu(), data.mixtures.cpu(), lengths=data.lengths.cpu()
+        )
+    else:
+        scores = task.score(estimates_t, data.sources.cpu(), data.mixtures.cpu())
     return (scores, estimates_t) if return_estimates else scores
 
 
@@ -292,7 +297,11 @@ def _job_id() -> str:
 
 
 def execute_run(
-    run_dir: str, data_root: str, device: str = "auto", weights_dir: str | None = None
+    run_dir: str,
+    data_root: str,
+    device: str = "auto",
+    weights_dir: str | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Train (or resume) and evaluate one planned run; record everything in ``run_dir``.
 
@@ -310,6 +319,8 @@ def execute_run(
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``, ...
         weights_dir: extra folder searched for the perceptual metrics' pretrained weights
             (``--weights-dir``; the torch hub cache is always searched).
+        workers: worker processes for CPU-bound metrics (``task.workers``; a runtime option,
+            not part of the run's identity).
 
     Returns:
         The metrics dict also written to ``metrics.json``.
@@ -327,13 +338,18 @@ def execute_run(
         ) from None
     try:
         with StopSignals() as stop:
-            return _execute_locked(path, data_root, device, stop, weights_dir)
+            return _execute_locked(path, data_root, device, stop, weights_dir, workers)
     finally:
         lock.release()
 
 
 def _execute_locked(
-    path: Path, data_root: str, device: str, stop: StopSignals, weights_dir: str | None = None
+    path: Path,
+    data_root: str,
+    device: str,
+    stop: StopSignals,
+    weights_dir: str | None = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
     handler = _setup_logging(path)
     job_id = _job_id()
@@ -361,6 +377,7 @@ def _execute_locked(
             _device_name(dev),
         )
         task = get_task(cfg.task.name)(cfg.task, Path(data_root)).to(dev)
+        task.workers = max(1, int(workers))
         method_cls = get_method(cfg.method)
         teacher = None
         if info.get("teacher_dir"):
@@ -397,6 +414,7 @@ def _execute_locked(
             final_loss=curve[-1]["loss"] if curve else None,
         )
         metrics.update(perceptual)
+        metrics.update(task.summarize(scores))
         atomic_write_json(path / "metrics.json", metrics)
         atomic_write_json(
             path / "meta.json",

@@ -138,7 +138,7 @@ class StopSignals:
 
 
 class RunJob(submitit.helpers.Checkpointable):
-    """The submitit job of one run: ``RunJob()(run_dir, data_root, device, weights_dir)``.
+    """The submitit job of one run: ``RunJob()(run_dir, data_root, device, weights_dir, workers)``.
 
     A ``Checkpointable``: on a SLURM time limit or preemption submitit calls :meth:`checkpoint`,
     whose resubmission is a fresh ``RunJob`` with the same arguments, so the requeued job
@@ -147,14 +147,26 @@ class RunJob(submitit.helpers.Checkpointable):
     """
 
     def __call__(
-        self, run_dir: str, data_root: str, device: str = "auto", weights_dir: str | None = None
+        self,
+        run_dir: str,
+        data_root: str,
+        device: str = "auto",
+        weights_dir: str | None = None,
+        workers: int = 1,
     ) -> dict[str, Any]:
         from benchmark.job import execute_run
 
-        return execute_run(run_dir, data_root, device, weights_dir)
+        return execute_run(run_dir, data_root, device, weights_dir, workers)
 
     def checkpoint(
-        self, run_dir: str, data_root: str, device: str = "auto", weights_dir: str | None = None
+        self,
+        run_dir: str,
+        data_root: str,
+        device: str = "auto",
+        weights_dir: str | None = None,
+        workers: int = 1,
     ):
         """The resubmission after a timeout/preemption (``submitit.helpers.DelayedSubmission``)."""
-        return submitit.helpers.DelayedSubmission(RunJob(), run_dir, data_root, device, weights_dir)
+        return submitit.helpers.DelayedSubmission(
+            RunJob(), run_dir, data_root, device, weights_dir, workers
+        )

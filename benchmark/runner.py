@@ -77,10 +77,11 @@ def _plan_one(
         )
         cfg.teacher = teacher.run_hash
     # label table rows only with the overrides that matter to this method
+    sections = cls.config_sections + (("audio_net",) if "net" in cls.config_sections else ())
     cfg.overrides = tuple(
         o
         for o in cfg.overrides
-        if "." not in o.split("=")[0] or o.split("=")[0].split(".")[0] in cls.config_sections
+        if "." not in o.split("=")[0] or o.split("=")[0].split(".")[0] in sections
     )
     run_hash = config_hash(cfg, cls.config_sections)
     run_dir = run_dir_for(results_dir, task, method, run_hash)
@@ -228,6 +229,7 @@ def execute_plan(
     timeout_min: int = 7 * 24 * 60,
     weights_dir: Path | None = None,
     gpu_slots: list[int] | None = None,
+    workers: int = 1,
 ) -> dict[str, int]:
     """Run the planned runs stage by stage through submitit; one failure never stops the rest
     (runs whose teacher did not finish are marked failed with that reason).
@@ -269,6 +271,7 @@ def execute_plan(
                     str(data_root),
                     device,
                     str(weights_dir) if weights_dir else None,
+                    workers,
                 )
                 active.append((run, time.time()))
             for run, started in list(active):

@@ -233,6 +233,7 @@ def submit_runs(
     results_dir: Path,
     device: str = "auto",
     weights_dir: Path | str | None = None,
+    workers: int = 1,
 ) -> dict[Path, str]:
     """Submit planned runs (:class:`benchmark.runner.PlannedRun`, prepared) as SLURM job arrays.
 
@@ -273,7 +274,7 @@ def submit_runs(
             with executor.batch():
                 wdir = str(weights_dir) if weights_dir else None
                 jobs = [
-                    executor.submit(RunJob(), str(r.run_dir), str(data_root), device, wdir)
+                    executor.submit(RunJob(), str(r.run_dir), str(data_root), device, wdir, workers)
                     for r in chunk
                 ]
             for run, job in zip(chunk, jobs, strict=True):

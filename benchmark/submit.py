@@ -109,12 +109,20 @@ def _gpu_slots(args: argparse.Namespace) -> list[int] | None:
 
 
 def submit_runs(
-    todo: list, options: ClusterOptions, data_root, results_dir, device="auto", weights_dir=None
+    todo: list,
+    options: ClusterOptions,
+    data_root,
+    results_dir,
+    device="auto",
+    weights_dir=None,
+    workers: int = 1,
 ):
     """Submit prepared runs to SLURM (see :func:`benchmark.slurm.submit_runs`)."""
     from benchmark import slurm
 
-    return slurm.submit_runs(todo, options, Path(data_root), Path(results_dir), device, weights_dir)
+    return slurm.submit_runs(
+        todo, options, Path(data_root), Path(results_dir), device, weights_dir, workers
+    )
 
 
 def execute_todo(
@@ -139,6 +147,7 @@ def execute_todo(
             args.max_parallel,
             weights_dir=args.weights_dir,
             gpu_slots=_gpu_slots(args),
+            workers=getattr(args, "workers", 1),
         )
     from benchmark.slurm import options_summary, wait_for_runs
 
@@ -151,7 +160,13 @@ def execute_todo(
     if not todo:
         return None
     submitted = submit_runs(
-        todo, cluster, args.data_root, args.results_dir, args.device, args.weights_dir
+        todo,
+        cluster,
+        args.data_root,
+        args.results_dir,
+        args.device,
+        args.weights_dir,
+        getattr(args, "workers", 1),
     )
     arrays = sorted({job_id.split("_")[0] for job_id in submitted.values()})
     print(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmark.audio_tables import AUDIO_LAYOUTS, render_audio_task
 from benchmark.perceptual_eval import unavailable_notes
 from benchmark.registry import get_method, get_task
 from benchmark.store import iter_run_dirs, read_json, read_status
@@ -91,7 +92,10 @@ def paper_numbers() -> pd.DataFrame:
     frames = [f for f in frames if "study" not in f.columns]
     if not frames:
         return pd.DataFrame(columns=["task", "method", "metric", "value", "source"])
-    return pd.concat(frames, ignore_index=True)
+    table = pd.concat(frames, ignore_index=True)
+    if "label" in table:  # rows of one setting of a method (sparse-MixIT Table 1): audio_tables
+        table = table[table["label"].isna()].drop(columns=["label", "variant"], errors="ignore")
+    return table
 
 
 def summarize(scores: pd.DataFrame) -> pd.DataFrame:
@@ -331,5 +335,8 @@ def render_table(
     blocks = []
     block = _block_table2 if which == "table2" else _block
     for t, p in sorted(summary[["task", "preset"]].drop_duplicates().itertuples(index=False)):
+        if t in AUDIO_LAYOUTS:  # paper-shaped audio tables (SURF Tables 3, 4; MixPIT Table I)
+            blocks.append(render_audio_task(summary, t, p, runs))
+            continue
         blocks.append(block(summary, t, p, runs))
     return "\n\n".join(blocks)

@@ -32,7 +32,7 @@ from torch import Tensor
 from benchmark.registry import register_method
 from methods.base import Method, make_optimizer
 from methods.ema import make_ema_copy
-from methods.models import FlowVelocityNet
+from methods.model_factory import build_flow_net, flow_loss_kind
 from methods.surf import SurfRM
 
 __all__ = ["Floss"]
@@ -53,10 +53,11 @@ class Floss(SurfRM):
         del teacher  # no teacher: the targets are ground truth
         cfg = self.config
         self.mixit = None  # no hybrid teacher (App. D.3 does not apply)
-        self.student = FlowVelocityNet(self.task.sample_shape, self.task.num_sources, cfg.net)
+        self.student = build_flow_net(self.task, cfg)
         self.student.to(self.device).train()
         self.ema = make_ema_copy(self.student)
         self.optimizer = make_optimizer(self.student.parameters(), cfg.train.lr)
+        self.flow_loss = flow_loss_kind(self.task, cfg)
 
     def beta(self, step: int) -> float:
         """No hybrid teacher, so no MixIT path: logged as 0 (``surf.beta`` is not used)."""

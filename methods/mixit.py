@@ -29,7 +29,7 @@ from benchmark.registry import register_method
 from methods.base import Method, make_optimizer, optimize
 from methods.losses import covariance_loss, signal_loss, sparsity_loss
 from methods.mixit_assignment import mixit_loss, reduce_to_k
-from methods.models import RegressionSeparator
+from methods.model_factory import build_separator
 
 __all__ = ["MixIT"]
 
@@ -45,9 +45,7 @@ class MixIT(Method):
 
     def setup(self, teacher: Method | None) -> None:
         cfg = self.config
-        self.model = RegressionSeparator(
-            self.task.sample_shape, cfg.mixit.num_outputs, self.task.num_sources, cfg.net
-        ).to(self.device)
+        self.model = build_separator(self.task, cfg.mixit.num_outputs, cfg).to(self.device)
         self.optimizer = make_optimizer(self.model.parameters(), cfg.train.lr)
         self.loss_fn = signal_loss(cfg.mixit.loss, cfg.mixit.snr_max)
 

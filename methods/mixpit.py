@@ -56,7 +56,7 @@ from torch import Tensor, nn
 from benchmark.registry import register_method
 from methods.base import Method, make_optimizer, optimize
 from methods.losses import signal_loss
-from methods.models import RegressionSeparator
+from methods.model_factory import build_separator
 from methods.pit import apply_permutation, pit_loss
 
 __all__ = [
@@ -208,9 +208,7 @@ class _MixPITBase(Method):
                 f"{self.name} is defined for two-source mixtures (paper §II-III): two mixtures "
                 f"in, two outputs; task {self.task.name!r} has K={k}"
             )
-        self.model = RegressionSeparator(self.task.sample_shape, k, k, self.config.net).to(
-            self.device
-        )
+        self.model = build_separator(self.task, k, self.config).to(self.device)
         self.optimizer = make_optimizer(self.model.parameters(), self.config.train.lr)
         self.loss_fn = signal_loss("snr", PAPER_SNR_MAX_DB)  # eq. (2)
 

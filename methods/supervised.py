@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from benchmark.registry import register_method
 from methods.base import Method, make_optimizer, optimize
 from methods.losses import pairwise_log_mse
-from methods.models import RegressionSeparator
+from methods.model_factory import build_separator
 from methods.pit import pit_from_pairwise
 
 __all__ = ["SupervisedRegression", "supervised_pit_loss"]
@@ -65,7 +65,7 @@ class SupervisedRegression(Method):
         del teacher  # no teacher: trained from clean sources
         cfg = self.config
         k = self.task.num_sources
-        self.model = RegressionSeparator(self.task.sample_shape, k, k, cfg.net).to(self.device)
+        self.model = build_separator(self.task, k, cfg).to(self.device)
         self.optimizer = make_optimizer(self.model.parameters(), cfg.train.lr)
 
     def modules(self) -> dict[str, nn.Module]:

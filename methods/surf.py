@@ -31,6 +31,8 @@ teacher by default) with the ``eval.euler_steps``-step Euler solver from the eq.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import Tensor, nn
 
@@ -45,23 +47,53 @@ from methods.flow import (
     interpolant,
     target_velocity,
 )
-from methods.models import FlowVelocityNet, transfer_matching_weights
+from methods.model_factory import build_flow_net, flow_loss_kind, is_audio
+from methods.models import transfer_matching_weights
 from methods.pit import apply_permutation, invert_permutation, pit_permutation
 from methods.remix import remix, sum_to_mixtures, unshuffle
 
-__all__ = ["SurfRM", "SurfSR", "rm_fm_loss", "sr_fm_loss"]
+__all__ = ["SurfRM", "SurfSR", "reduce_flow_error", "rm_fm_loss", "sr_fm_loss"]
+
+log = logging.getLogger("benchmark")
+
+#: added to the per-mixture mean squared error inside the log of ``flow_loss="log_mse"``
+LOG_MSE_EPS = 1e-8
 
 
-def rm_fm_loss(residual: Tensor) -> Tensor:
-    """RM-FM loss, SURF eq. (24) / Algorithm 1 line 13: ``mean(R_t^2)``.
+def reduce_flow_error(error: Tensor, kind: str = "mse") -> Tensor:
+    """Reduce a flow-matching error tensor to the scalar loss.
+
+    ``"mse"``: ``mean(error^2)`` over everything (Code Listing 1). ``"log_mse"``: the log of
+    the velocity squared error per mixture, ``mean_b 10 log10(mean(error_b^2) + 1e-8)`` in dB
+    (SURF D.5, following Scheibler et al. 2025), the loss of the flow models on audio.
+
+    Args:
+        error: ``(B, ...)``, one row per (remixed or observed) mixture.
+        kind: ``"mse"`` or ``"log_mse"``.
+
+    Raises:
+        ValueError: unknown ``kind``.
+    """
+    if kind == "mse":
+        return error.pow(2).mean()
+    if kind == "log_mse":
+        per_mixture = error.pow(2).flatten(1).mean(-1)
+        return (10.0 * torch.log10(per_mixture + LOG_MSE_EPS)).mean()
+    raise ValueError(f"flow loss must be 'mse' or 'log_mse', got {kind!r}")
+
+
+def rm_fm_loss(residual: Tensor, kind: str = "mse") -> Tensor:
+    """RM-FM loss, SURF eq. (24) / Algorithm 1 line 13: ``mean(R_t^2)`` (``kind="mse"``), or
+    its per-mixture log (``kind="log_mse"``, :func:`reduce_flow_error`).
 
     Args:
         residual: ``(B, K, *D)`` drift residual ``R_t`` (eq. 23) in aligned order.
+        kind: ``"mse"`` or ``"log_mse"``.
     """
-    return residual.pow(2).mean()
+    return reduce_flow_error(residual, kind)
 
 
-def sr_fm_loss(residual: Tensor, upsilon: Tensor, perm: Tensor) -> Tensor:
+def sr_fm_loss(residual: Tensor, upsilon: Tensor, perm: Tensor, kind: str = "mse") -> Tensor:
     """SR-FM loss, SURF eq. (30) / Algorithm 1 line 14 / Code Listing 1.
 
     ``mean( ((I_B (x) 1^T) Pi^{-1} Upsilon^{-1} R_t)^2 )``: residuals are routed back from the
@@ -72,13 +104,14 @@ def sr_fm_loss(residual: Tensor, upsilon: Tensor, perm: Tensor) -> Tensor:
         residual: ``(B, K, *D)`` ``R_t`` in aligned order.
         upsilon: ``(B, K)`` PIT permutations (aligned row k is remixed row ``upsilon[b, k]``).
         perm: ``(B*K,)`` global shuffle ``Pi`` of :func:`methods.remix.remix`.
+        kind: ``"mse"``, or ``"log_mse"`` for the per-mixture log (:func:`reduce_flow_error`).
 
     Returns:
         Scalar loss.
     """
     unaligned = apply_permutation(residual, invert_permutation(upsilon))  # Upsilon^{-1}
     unshuffled = unshuffle(unaligned, perm)  # Pi^{-1}
-    return sum_to_mixtures(unshuffled).pow(2).mean()  # (I_B (x) 1^T), ||.||^2
+    return reduce_flow_error(sum_to_mixtures(unshuffled), kind)  # (I_B (x) 1^T), ||.||^2
 
 
 class _Surf(Method):
@@ -94,8 +127,15 @@ class _Surf(Method):
         cfg = self.config
         self.mixit = teacher  # frozen f_MixIT of the hybrid teacher (App. D.3)
         self.mixit.eval_mode()
-        self.student = FlowVelocityNet(self.task.sample_shape, self.task.num_sources, cfg.net)
-        if cfg.surf.init_from_mixit:
+        self.student = build_flow_net(self.task, cfg)
+        self.flow_loss = flow_loss_kind(self.task, cfg)
+        if cfg.surf.init_from_mixit and is_audio(self.task):
+            # Conv-TasNet (MixIT) and the time-frequency flow network share no layer (D.3, D.5)
+            log.info(
+                "surf.init_from_mixit: skipped on audio (Conv-TasNet and the flow network "
+                "share no layer); the flow network starts from its initialisation"
+            )
+        elif cfg.surf.init_from_mixit:
             transfer_matching_weights(teacher.model.unet, self.student.unet)
         self.student.to(self.device).train()
         self.ema = make_ema_copy(self.student)
@@ -201,7 +241,7 @@ class SurfRM(_Surf):
     display_name = "SURF (ReMixIT)"
 
     def loss(self, residual: Tensor, upsilon: Tensor, perm: Tensor) -> Tensor:
-        return rm_fm_loss(residual)
+        return rm_fm_loss(residual, getattr(self, "flow_loss", "mse"))
 
 
 @register_method
@@ -212,4 +252,4 @@ class SurfSR(_Surf):
     display_name = "SURF (Self-Remixing)"
 
     def loss(self, residual: Tensor, upsilon: Tensor, perm: Tensor) -> Tensor:
-        return sr_fm_loss(residual, upsilon, perm)
+        return sr_fm_loss(residual, upsilon, perm, getattr(self, "flow_loss", "mse"))

@@ -36,10 +36,13 @@ class EvalSet:
     Attributes:
         mixtures: ``(N, *D)`` mixtures in the model convention ``m = sum_k x^(k)``.
         sources: ``(N, K, *D)`` reference sources.
+        lengths: ``(N,)`` valid samples per item for variable-length audio zero-padded to a
+            common ``T`` (scores are computed on ``[:length]``); None when all are full length.
     """
 
     mixtures: Tensor
     sources: Tensor
+    lengths: Tensor | None = None
 
 
 class Task(ABC):
@@ -49,11 +52,15 @@ class Task(ABC):
     display_name: ClassVar[str]
     #: metric columns in table order, with the direction of "better"
     metrics: ClassVar[dict[str, str]]
+    #: ``"image"`` (sources ``(C, H, W)``) or ``"audio"`` (sources ``(T,)``, see tasks/audio.py)
+    modality: ClassVar[str] = "image"
 
     def __init__(self, config: TaskConfig, data_root: Path) -> None:
         self.config = config
         self.data_root = Path(data_root)
         self.device = torch.device("cpu")
+        #: worker processes for CPU-bound metrics (``run --workers``; not part of run hashes)
+        self.workers = 1
 
     @property
     def num_sources(self) -> int:
@@ -93,6 +100,11 @@ class Task(ABC):
     @abstractmethod
     def score(self, estimates: Tensor, sources: Tensor, mixtures: Tensor) -> pd.DataFrame:
         """Per-mixture scores, one row per mixture, one column per metric (plus ``mixture``)."""
+
+    def summarize(self, scores: pd.DataFrame) -> dict[str, object]:
+        """Extra entries for ``metrics.json`` beside the metric means (e.g. failure counts,
+        metric settings); none by default."""
+        return {}
 
     def mixture_estimate(self, mixtures: Tensor) -> Tensor:
         """The do-nothing reference: every source estimated by the mixture, brought back to
