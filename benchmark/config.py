@@ -349,8 +349,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             "floss": {"train.steps": 800},
             "mixpit": {"train.steps": 1200},
             "mixcycle": {"train.steps": 1200, "mixcycle.mixpit_steps": 200},
-            # BASIS: README "BASIS at cpu scale" (Langevin steps reduced: each one is a network
-            # pass over all B K sources)
+            # BASIS: 3 instead of 100 Langevin steps per level, each one being a network pass
+            # over all B K sources (README "BASIS" says why three still anneal)
             "basis": {"train.steps": 600, "basis.steps_per_level": 3},
         },
     },
