@@ -25,6 +25,7 @@ from benchmark import CODE_VERSION
 __all__ = [
     "PRESETS",
     "AudioNetConfig",
+    "BasisConfig",
     "ConfigError",
     "EvalConfig",
     "MixCycleConfig",
@@ -287,6 +288,44 @@ class MixCycleConfig:
 
 
 @dataclass
+class BasisConfig:
+    """BASIS (Jayaram and Thickstun 2020): NCSN noise levels and annealed Langevin separation.
+
+    Defaults are the published values (BASIS §4 / Algorithm 1 with NCSN's schedule, Song and
+    Ermon 2019 §4.2; the ``paper`` preset keeps them).
+
+    Attributes:
+        sigma_begin: sigma_1, the largest noise level (1.0; images in [0, 1]).
+        sigma_end: sigma_L, the smallest noise level (0.01).
+        num_levels: L, geometric levels from sigma_1 to sigma_L (10), used both for training
+            (denoising score matching) and for separation.
+        steps_per_level: T, Langevin steps per level (100).
+        epsilon: base step size; level i uses ``eta_i = epsilon sigma_i^2 / sigma_L^2``. 3e-5 is
+            the value of the authors' released separation scripts (``step_lr=0.00003`` for MNIST
+            and CIFAR-10 in github.com/jthickstun/basis-separation); we did not find the number
+            in the paper's text, and NCSN's own sampler uses 2e-5.
+        recon_weight: w, the mixture-likelihood gradient is ``w (m - sum_k x_k) / sigma_i^2``:
+            1 is the Gaussian likelihood ``N(m; sum_k x_k, sigma_i^2 I)`` (and the authors'
+            CIFAR-10 script); their MNIST script differentiates ``||m - g(x)||^2`` without the
+            1/2, which is w = 2.
+        dequantize: train on uniformly dequantised images ``x 255/256 + u/256``, u ~ U[0, 1), as
+            the NCSN training code BASIS uses.
+        score_batch: at most this many images per score-network call during separation
+            (memory; B K images are updated per Langevin step). Does not change the result
+            beyond floating-point rounding.
+    """
+
+    sigma_begin: float = 1.0
+    sigma_end: float = 0.01
+    num_levels: int = 10
+    steps_per_level: int = 100
+    epsilon: float = 3e-5
+    recon_weight: float = 1.0
+    dequantize: bool = True
+    score_batch: int = 1000
+
+
+@dataclass
 class EvalConfig:
     """Evaluation settings.
 
@@ -343,6 +382,7 @@ class RunConfig:
     surf: SurfConfig = field(default_factory=SurfConfig)
     supervised: SupervisedConfig = field(default_factory=SupervisedConfig)
     mixcycle: MixCycleConfig = field(default_factory=MixCycleConfig)
+    basis: BasisConfig = field(default_factory=BasisConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     perceptual: PerceptualConfig = field(default_factory=PerceptualConfig)
     teacher: str = ""  # hash of the MixIT run this run starts from ("" when none)
@@ -402,6 +442,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "methods": {
             # half of the 6 steps, so that a smoke run goes through both MixCycle phases
             "mixcycle": {"mixcycle.mixpit_steps": 3},
+            # 10 levels x 2 Langevin steps instead of 10 x 100
+            "basis": {"basis.steps_per_level": 2},
         },
         "tasks": {
             **{
@@ -459,6 +501,9 @@ PRESETS: dict[str, dict[str, Any]] = {
             "floss": {"train.steps": 800},
             "mixpit": {"train.steps": 1200},
             "mixcycle": {"train.steps": 1200, "mixcycle.mixpit_steps": 200},
+            # BASIS: 3 instead of 100 Langevin steps per level, each one being a network pass
+            # over all B K sources (README "BASIS" says why three still anneal)
+            "basis": {"train.steps": 600, "basis.steps_per_level": 3},
         },
         "tasks": {
             # FSDD2Mix (1 s at 8 kHz); sized for the seven unsupervised methods on 2 CPU cores
@@ -536,6 +581,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "floss": {"train.steps": 400_000},
             "mixpit": {"train.steps": 200_000},
             "mixcycle": {"train.steps": 200_000, "mixcycle.mixpit_steps": 33_000},
+            "basis": {"train.steps": 200_000},  # BASIS / NCSN defaults (T = 100, L = 10)
         },
         # audio: Conv-TasNet at Luo and Mesgarani's best configuration and the flow network at
         # SURF Table 7 (embedding 192, Libri2Mix-sized) / Table 8 (384, AudioSet-sized, for FUSS
@@ -760,6 +806,7 @@ def validate(cfg: RunConfig) -> None:
     _validate_mixit_options(cfg.mixit)
     _validate_perceptual(cfg.perceptual)
     _validate_audio_task(cfg.task)
+    _validate_basis(cfg.basis)
 
 
 def _validate_perceptual(perceptual: PerceptualConfig) -> None:
@@ -789,6 +836,28 @@ def _validate_audio_task(task: TaskConfig) -> None:
             f"task.snr_low_db must be below task.snr_high_db, got {task.snr_low_db} and "
             f"{task.snr_high_db}"
         )
+
+
+def _validate_basis(basis: BasisConfig) -> None:
+    """Noise levels and Langevin settings of BASIS."""
+    if not 0.0 < basis.sigma_end <= basis.sigma_begin:
+        raise ConfigError(
+            "basis.sigma_end and basis.sigma_begin need 0 < sigma_end <= sigma_begin, got "
+            f"sigma_begin={basis.sigma_begin}, sigma_end={basis.sigma_end}"
+        )
+    if basis.num_levels < 1 or (basis.num_levels == 1 and basis.sigma_begin != basis.sigma_end):
+        raise ConfigError(
+            f"basis.num_levels must be >= 2 (or 1 with sigma_begin == sigma_end), got "
+            f"{basis.num_levels}"
+        )
+    if basis.steps_per_level < 1:
+        raise ConfigError(f"basis.steps_per_level must be >= 1, got {basis.steps_per_level}")
+    if not (math.isfinite(basis.epsilon) and basis.epsilon > 0):
+        raise ConfigError(f"basis.epsilon must be a finite number > 0, got {basis.epsilon}")
+    if not (math.isfinite(basis.recon_weight) and basis.recon_weight >= 0):
+        raise ConfigError(f"basis.recon_weight must be >= 0, got {basis.recon_weight}")
+    if basis.score_batch < 1:
+        raise ConfigError(f"basis.score_batch must be >= 1, got {basis.score_batch}")
 
 
 def _validate_mixit_options(mixit: MixITConfig) -> None:

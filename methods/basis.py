@@ -1,0 +1,107 @@
+"""BASIS (Jayaram and Thickstun 2020, "Source Separation with Deep Generative Priors"): a
+noise-conditional score network trained on **clean single sources**, then separation by annealed
+Langevin dynamics with the mixture likelihood (SURF Table 1 "BASIS", a supervised generative
+reference).
+
+Training step (NCSN, Song and Ermon 2019, eq. 5-6 with lambda(sigma) = sigma^2):
+    1. x ~ p(x)                          B single clean sources: ceil(B / K) draws of
+                                         ``task.sample_sources`` with the K axis flattened
+    2. x <- x 255/256 + u/256             uniform dequantisation (NCSN code; ``basis.dequantize``)
+    3. sigma_n = sigma_{i_n}, i_n ~ U{1..L}, z ~ N(0, I)
+    4. L = 1/2 mean_n mean_d (sigma_n s_theta(x_n + sigma_n z_n, sigma_n) + z_n)^2
+    5. Adam step
+
+Separation (BASIS Algorithm 1, :func:`methods.langevin.annealed_langevin_separation`): the K
+sources start uniform in [0, 1]; for each of the L levels, T Langevin steps of size
+``eta_i = epsilon sigma_i^2 / sigma_L^2`` on the prior score plus the mixture-likelihood gradient
+``(m - sum_k x_k) / sigma_i^2``; the last iterate, clamped to [0, 1], is the estimate. The mixture
+convention ``m = sum_k x^(k)`` is BASIS's own (``g(x) = sum_k x_k``), see that module. The
+initialisation and the Langevin noise come from the evaluation generator (seeded by the method
+seed), so separations are reproducible.
+
+The score network (:func:`methods.score_networks.build_score_network`) is the SURF NCSN++ U-Net
+conditioned on ``log sigma``; it is evaluated directly (no EMA, as NCSN/BASIS).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from benchmark.registry import register_method
+from methods.base import Method, make_optimizer, optimize
+from methods.langevin import annealed_langevin_separation, dsm_loss, geometric_sigmas
+from methods.score_networks import build_score_network
+
+__all__ = ["Basis"]
+
+
+@register_method
+class Basis(Method):
+    """Score network on clean single sources + annealed Langevin separation (BASIS Alg. 1)."""
+
+    name = "basis"
+    display_name = "BASIS"
+    unsupervised = False
+    generative = True
+    config_sections = ("task", "train", "net", "basis", "eval")
+
+    def setup(self, teacher: Method | None) -> None:
+        del teacher  # no teacher: the prior is trained on clean sources
+        cfg = self.config
+        self.score_net = build_score_network(self.task.sample_shape, cfg.net).to(self.device)
+        self.sigmas = geometric_sigmas(
+            cfg.basis.sigma_begin, cfg.basis.sigma_end, cfg.basis.num_levels
+        )
+        self.optimizer = make_optimizer(self.score_net.parameters(), cfg.train.lr)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"score_net": self.score_net}
+
+    def trainable(self) -> nn.Module:
+        return self.score_net
+
+    def sample_training_sources(self, generator: torch.Generator) -> Tensor:
+        """Lines 1-2: ``(B, *D)`` single clean sources (dequantised if ``basis.dequantize``)."""
+        batch = self.config.train.batch_size
+        k = self.task.num_sources
+        x = self.task.sample_sources(math.ceil(batch / k), generator).flatten(0, 1)[:batch]
+        if self.config.basis.dequantize:
+            u = torch.rand(x.shape, generator=generator, device=generator.device, dtype=x.dtype)
+            x = x * (255.0 / 256.0) + u.to(x.device) / 256.0
+        return x
+
+    def train_step(self, step: int, generator: torch.Generator) -> dict[str, float]:
+        x = self.sample_training_sources(generator)  # 1-2.
+        n = x.shape[0]
+        levels = torch.randint(len(self.sigmas), (n,), generator=generator, device=generator.device)
+        sigma = self.sigmas.to(x.device, x.dtype)[levels.to(x.device)]  # 3. sigma_{i_n}
+        noise = torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype)
+        loss = dsm_loss(self.score_net, x, sigma, noise.to(x.device))  # 4. eq. (5)-(6)
+        grad_norm = optimize(self, loss)  # 5.
+        return {"loss": loss.item(), "grad_norm": grad_norm}
+
+    def score(self, x: Tensor, sigma: float) -> Tensor:
+        """``s_theta(x, sigma)`` for ``(N, *D)`` points, at most ``basis.score_batch`` per
+        network call (memory), without gradients."""
+        chunk = self.config.basis.score_batch
+        with torch.no_grad():
+            return torch.cat([self.score_net(part, sigma) for part in x.split(chunk)])
+
+    @torch.no_grad()
+    def separate(self, mixtures: Tensor, generator: torch.Generator) -> Tensor:
+        """``(B, *D)`` mixtures -> ``(B, K, *D)`` estimates in [0, 1] (BASIS Algorithm 1)."""
+        cfg = self.config.basis
+        estimates = annealed_langevin_separation(
+            mixtures,
+            self.score,
+            self.task.num_sources,
+            self.sigmas,
+            cfg.epsilon,
+            cfg.steps_per_level,
+            generator,
+            recon_weight=cfg.recon_weight,
+        )
+        return estimates.clamp(0.0, 1.0)
