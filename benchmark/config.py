@@ -466,7 +466,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
     },
     "cpu": {
-        "description": "a real but small run: all five image methods on 2 CPU cores in < 60 min",
+        "description": "a real but small run on 2 CPU cores (README: measured wall times)",
         "common": {
             "net.nf": 32,
             "net.ch_mult": (1, 2, 2),
