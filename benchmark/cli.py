@@ -141,6 +141,44 @@ def _cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of every command that executes runs (``run``, ``ablate``): executor, folders,
+    device, metric weights, workers and retries, then the execution options of
+    :func:`benchmark.submit.add_execution_arguments` (dry run, waiting, GPU slots, SLURM)."""
+    parser.add_argument(
+        "--executor",
+        default="local",
+        choices=["local", "debug", "slurm"],
+        help="submitit executor: local subprocess jobs, in-process debug, or SLURM job arrays",
+    )
+    parser.add_argument("--results-dir", type=Path, default=default_results_dir())
+    parser.add_argument("--data-root", type=Path, default=default_data_root())
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--weights-dir",
+        type=Path,
+        default=Path(os.environ["BENCHMARK_WEIGHTS_DIR"])
+        if os.environ.get("BENCHMARK_WEIGHTS_DIR")
+        else None,
+        help="extra folder with the LPIPS/FID/IS weights files (the torch hub cache "
+        "$TORCH_HOME/hub/checkpoints is always searched; default $BENCHMARK_WEIGHTS_DIR)",
+    )
+    parser.add_argument(
+        "--max-parallel", type=int, default=1, help="local jobs running at once (default 1)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes per run for CPU-bound metrics (PESQ, ESTOI, DNSMOS, FUSS); "
+        "a runtime option, not part of run hashes (default 1)",
+    )
+    parser.add_argument(
+        "--retry-failed", action="store_true", help="also re-run runs that failed or diverged"
+    )
+    add_execution_arguments(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m benchmark``."""
     parser = argparse.ArgumentParser(
@@ -171,38 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="override config fields, e.g. train.steps=500 surf.ema_decay=0.99; "
         "prefix with METHOD: to target one method (mixit:train.steps=3000)",
     )
-    p_run.add_argument(
-        "--executor",
-        default="local",
-        choices=["local", "debug", "slurm"],
-        help="submitit executor: local subprocess jobs, in-process debug, or SLURM job arrays",
-    )
-    p_run.add_argument("--results-dir", type=Path, default=default_results_dir())
-    p_run.add_argument("--data-root", type=Path, default=default_data_root())
-    p_run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p_run.add_argument(
-        "--weights-dir",
-        type=Path,
-        default=Path(os.environ["BENCHMARK_WEIGHTS_DIR"])
-        if os.environ.get("BENCHMARK_WEIGHTS_DIR")
-        else None,
-        help="extra folder with the LPIPS/FID/IS weights files (the torch hub cache "
-        "$TORCH_HOME/hub/checkpoints is always searched; default $BENCHMARK_WEIGHTS_DIR)",
-    )
-    p_run.add_argument(
-        "--max-parallel", type=int, default=1, help="local jobs running at once (default 1)"
-    )
-    p_run.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        help="worker processes per run for CPU-bound metrics (PESQ, ESTOI, DNSMOS, FUSS); "
-        "a runtime option, not part of run hashes (default 1)",
-    )
-    p_run.add_argument(
-        "--retry-failed", action="store_true", help="also re-run runs that failed or diverged"
-    )
-    add_execution_arguments(p_run)
+    add_job_arguments(p_run)
     p_run.set_defaults(func=_cmd_run)
 
     p_status = sub.add_parser("status", help="state of every run in the results folder")
@@ -227,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from benchmark.cli_ablate import add_ablate_parser, add_figure_parser
 
-    add_ablate_parser(sub, _seeds, default_results_dir, default_data_root)
+    add_ablate_parser(sub, _seeds, add_job_arguments)
     add_figure_parser(sub, default_results_dir, default_data_root)
     return parser
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from benchmark.config import PRESETS, parse_overrides
@@ -65,10 +64,9 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     return 0 if set(counts) <= {"done"} else 1
 
 
-def add_ablate_parser(sub, seeds_type, default_results_dir, default_data_root) -> None:
+def add_ablate_parser(sub, seeds_type, add_job_arguments) -> None:
     """The ``ablate`` subcommand (SURF Table 9 grids through the ordinary runner)."""
     from benchmark.ablation import DEFAULT_METHODS, DEFAULT_TASK
-    from benchmark.submit import add_execution_arguments
 
     p = sub.add_parser(
         "ablate",
@@ -87,27 +85,9 @@ def add_ablate_parser(sub, seeds_type, default_results_dir, default_data_root) -
     p.add_argument("--preset", default="paper", choices=sorted(PRESETS))
     p.add_argument("--seeds", type=seeds_type, default=[0], help="comma-separated seeds")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="extra config overrides")
-    p.add_argument(
-        "--executor",
-        default="local",
-        choices=["local", "debug", "slurm"],
-        help="submitit executor, as for `run`",
-    )
-    p.add_argument("--results-dir", type=Path, default=default_results_dir())
-    p.add_argument("--data-root", type=Path, default=default_data_root())
-    p.add_argument("--device", default="auto")
-    p.add_argument("--max-parallel", type=int, default=1)
-    p.add_argument(
-        "--weights-dir",
-        type=Path,
-        default=Path(os.environ["BENCHMARK_WEIGHTS_DIR"])
-        if os.environ.get("BENCHMARK_WEIGHTS_DIR")
-        else None,
-        help="extra folder with the LPIPS weights (as for `run`)",
-    )
-    p.add_argument("--retry-failed", action="store_true")
-    # --dry-run (the grid, each point's state and the main-table runs), --wait, --gpus, SLURM
-    add_execution_arguments(p)
+    # executor, folders, device, --weights-dir, --workers, --retry-failed, --dry-run, --wait,
+    # --gpus and the SLURM options, exactly as for `run`
+    add_job_arguments(p)
     p.set_defaults(func=_cmd_ablate)
 
 
