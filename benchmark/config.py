@@ -228,6 +228,9 @@ class SurfConfig:
         beta_decay_steps: iterations of the linear beta decay (200k in the paper).
         euler_steps: Euler steps of the teacher sampler (5).
         noise_scale: sigma of the initial state's Gaussian (eq. 4 uses 1).
+        noise_reference: ``"absolute"`` (sigma = ``noise_scale`` in data units) or
+            ``"mixture_rms"`` (sigma = ``noise_scale * rms(m) / sqrt(K)`` per mixture, for audio
+            corpora at file amplitude; :func:`methods.flow.noise_sigma`).
         t_sampling: ``"batch"`` (one t per iteration, as Algorithm 2 line 11 and Code Listing 1)
             or ``"sample"`` (one t per mixture).
         init_from_mixit: initialise student and EMA teacher from the MixIT network's
@@ -246,6 +249,7 @@ class SurfConfig:
     beta_decay_steps: int = 200_000
     euler_steps: int = 5
     noise_scale: float = 1.0
+    noise_reference: str = "absolute"
     t_sampling: str = "batch"
     init_from_mixit: bool = True
     flow_loss: str = "auto"
@@ -419,6 +423,11 @@ _AUDIO_TASKS = ("fsdd2mix", "libri2mix", "fuss", "libri_fuss")
 # references); the MixIT loss is the thresholded SNR of Wisdom et al. (2020/2021)
 _AUDIO_MIXIT = {"mixit.single_source_prob": 0.0, "mixit.loss": "snr"}
 
+# Libri2Mix, FUSS and LibriSpeech + FUSS are read at file amplitude (source RMS of a few
+# hundredths), so the flow's initial noise is set relative to each mixture's level
+# (methods.flow.noise_sigma); FSDD2Mix's sources are standardized and keep sigma absolute.
+_CORPUS_FLOW = {"surf.noise_reference": "mixture_rms"}
+
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
         "description": "seconds per method on 2 CPU cores; exercises every code path (tests)",
@@ -459,6 +468,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                         "eval.batch_size": 16,
                         "task.segment_s": 1.0,
                         "task.eval_segment_s": 1.0,
+                        "surf.noise_reference": "mixture_rms",
                     }
                 }
                 for name in ("libri2mix", "fuss", "libri_fuss")
@@ -592,10 +602,18 @@ PRESETS: dict[str, dict[str, Any]] = {
             "fsdd2mix": {
                 "common": {**_AUDIO_MIXIT, "train.batch_size": 16, "eval.batch_size": 100}
             },
-            "libri2mix": {"common": {**_AUDIO_MIXIT, "train.batch_size": 16, "eval.batch_size": 1}},
+            "libri2mix": {
+                "common": {
+                    **_AUDIO_MIXIT,
+                    **_CORPUS_FLOW,
+                    "train.batch_size": 16,
+                    "eval.batch_size": 1,
+                }
+            },
             "fuss": {
                 "common": {
                     **_AUDIO_MIXIT,
+                    **_CORPUS_FLOW,
                     "audio_net.flow_dim": 384,
                     "train.batch_size": 16,
                     "eval.batch_size": 8,
@@ -604,6 +622,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "libri_fuss": {
                 "common": {
                     **_AUDIO_MIXIT,
+                    **_CORPUS_FLOW,
                     "audio_net.flow_dim": 384,
                     "train.batch_size": 16,
                     "eval.batch_size": 8,
@@ -788,6 +807,11 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(
             f"surf.flow_loss must be 'auto', 'mse' or 'log_mse', got {cfg.surf.flow_loss!r}"
         )
+    if cfg.surf.noise_reference not in ("absolute", "mixture_rms"):
+        raise ConfigError(
+            "surf.noise_reference must be 'absolute' or 'mixture_rms', got "
+            f"{cfg.surf.noise_reference!r}"
+        )
     if cfg.eval.model not in ("ema", "student"):
         raise ConfigError(f"eval.model must be 'ema' or 'student', got {cfg.eval.model!r}")
     if cfg.mixit.loss not in ("mse", "snr"):
@@ -904,7 +928,7 @@ _IDENTITY_OMIT_AT_DEFAULT: dict[str, dict[str, Any]] = {
         "sparsity_weight": 0.0,
         "covariance_weight": 0.0,
     },
-    "surf": {"flow_loss": "auto"},
+    "surf": {"flow_loss": "auto", "noise_reference": "absolute"},
 }
 
 

@@ -46,10 +46,44 @@ def project_zero_sum(v: Tensor) -> Tensor:
     return v - v.mean(dim=1, keepdim=True)
 
 
+def noise_sigma(
+    mixture: Tensor, num_sources: int, noise_scale: float, reference: str = "absolute"
+) -> float | Tensor:
+    """``sigma`` of the initial state (SURF eq. 4), in data units.
+
+    SURF eq. 4 draws ``z ~ N(0, I)``; images in [0, 1] and unit-variance speech suit a fixed
+    ``sigma`` (``reference="absolute"``: ``sigma = noise_scale``). Corpora stored at their file
+    amplitude (Libri2Mix, FUSS: source RMS of a few hundredths) need a noise level relative to
+    the signal instead: ``reference="mixture_rms"`` gives each mixture
+    ``sigma_b = noise_scale * rms(m_b) / sqrt(K)``, the RMS of one of K uncorrelated
+    equal-power sources that sum to ``m_b`` (our choice; the paper does not state its audio
+    scaling).
+
+    Args:
+        mixture: ``(B, *D)`` mixtures.
+        num_sources: K.
+        noise_scale: the config's ``surf.noise_scale``.
+        reference: ``"absolute"`` or ``"mixture_rms"``.
+
+    Returns:
+        A float, or a ``(B, 1, *[1] * len(D))`` tensor that broadcasts over ``(B, K, *D)``.
+
+    Raises:
+        ValueError: unknown ``reference``.
+    """
+    if reference == "absolute":
+        return noise_scale
+    if reference == "mixture_rms":
+        rms = mixture.flatten(1).pow(2).mean(dim=1).sqrt()
+        sigma = (noise_scale * rms / num_sources**0.5).clamp_min(1e-8)
+        return sigma.view(-1, *([1] * mixture.dim()))
+    raise ValueError(f"surf.noise_reference must be 'absolute' or 'mixture_rms', got {reference!r}")
+
+
 def initial_state(
     mixture: Tensor,
     num_sources: int,
-    noise_scale: float = 1.0,
+    noise_scale: float | Tensor = 1.0,
     noise: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
@@ -59,7 +93,8 @@ def initial_state(
         mixture: ``(B, *D)`` mixtures ``m``.
         num_sources: K.
         noise_scale: ``sigma`` multiplying the Gaussian ``z`` (the paper uses 1; a config field
-            because the right value depends on the data scale).
+            because the right value depends on the data scale): a float, or per mixture a
+            ``(B, 1, *[1] * len(D))`` tensor from :func:`noise_sigma`.
         noise: optional ``(B, K, *D)`` standard normal ``z``; drawn with ``generator`` if None.
         generator: random generator for ``z``.
 

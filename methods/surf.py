@@ -45,6 +45,7 @@ from methods.flow import (
     hybrid_velocity,
     initial_state,
     interpolant,
+    noise_sigma,
     target_velocity,
 )
 from methods.model_factory import build_flow_net, flow_loss_kind, is_audio
@@ -168,7 +169,9 @@ class _Surf(Method):
             ``(B, K, *D)`` mixture-consistent teacher estimates.
         """
         surf = self.config.surf
-        x0 = initial_state(mixtures, self.task.num_sources, surf.noise_scale, generator=generator)
+        x0 = initial_state(
+            mixtures, self.task.num_sources, self._sigma(mixtures), generator=generator
+        )
         mixit_est = self.mixit.separate(mixtures, generator) if beta > 0 else None
 
         def velocity(x_t: Tensor, t: Tensor) -> Tensor:
@@ -177,6 +180,11 @@ class _Surf(Method):
             )
 
         return euler_sample(velocity, x0, surf.euler_steps)
+
+    def _sigma(self, mixtures: Tensor) -> float | Tensor:
+        """``sigma`` of eq. 4 for these mixtures (``surf.noise_scale``, ``noise_reference``)."""
+        surf = self.config.surf
+        return noise_sigma(mixtures, self.task.num_sources, surf.noise_scale, surf.noise_reference)
 
     def _sample_t(self, batch: int, generator: torch.Generator) -> Tensor:
         if self.config.surf.t_sampling == "batch":  # Algorithm 2 line 11, Code Listing 1
@@ -209,7 +217,7 @@ class _Surf(Method):
         remixed = remix(teacher_est, generator)  # [5-6] eq. (14), (15)
         x1, m_tilde = remixed.sources, remixed.mixtures
         t = self._sample_t(x1.shape[0], generator)  # [7]
-        x0 = initial_state(m_tilde, k, cfg.surf.noise_scale, generator=generator)  # [8-9] eq. 4
+        x0 = initial_state(m_tilde, k, self._sigma(m_tilde), generator=generator)  # [8-9] eq. 4
         with torch.no_grad():  # [10] PIT at t = 0 with stop-gradient, eq. (21)-(22)
             zeros = torch.zeros_like(t)
             x1_hat = clean_estimate(x0, self.student(x0, zeros, m_tilde), zeros)  # eq. (9)
@@ -228,7 +236,7 @@ class _Surf(Method):
         cfg = self.config
         net = self.ema if cfg.eval.model == "ema" else self.student
         x0 = initial_state(
-            mixtures, self.task.num_sources, cfg.surf.noise_scale, generator=generator
+            mixtures, self.task.num_sources, self._sigma(mixtures), generator=generator
         )
         return euler_sample(lambda x, t: net(x, t, mixtures), x0, cfg.eval.euler_steps)
 

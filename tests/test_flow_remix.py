@@ -336,3 +336,43 @@ def test_remix_random_perm_is_permutation_and_reproducible() -> None:
     r2 = remix(x, generator=torch.Generator().manual_seed(20))
     assert torch.equal(r2.perm, r.perm)
     assert torch.equal(r2.sources, r.sources)
+
+
+def test_noise_sigma_mixture_rms_follows_the_mixture_level() -> None:
+    """``surf.noise_reference=mixture_rms``: sigma_b = noise_scale * rms(m_b) / sqrt(K), so a
+    quiet corpus (file amplitude) gets noise at its own level; the state stays consistent."""
+    from methods.flow import noise_sigma
+
+    g = torch.Generator().manual_seed(0)
+    sources = torch.randn(3, 2, 4000, generator=g) * torch.tensor([0.02, 0.1, 1.0])[:, None, None]
+    m = sources.sum(1)
+    assert noise_sigma(m, 2, 0.5) == 0.5  # absolute: the config value itself
+    sigma = noise_sigma(m, 2, 0.5, "mixture_rms")
+    assert sigma.shape == (3, 1, 1)
+    expected = 0.5 * m.pow(2).mean(1).sqrt() / 2**0.5
+    torch.testing.assert_close(sigma.flatten(), expected)
+    # for uncorrelated equal-power sources that is noise_scale x the source RMS (2 % here)
+    torch.testing.assert_close(
+        sigma.flatten(), 0.5 * sources.pow(2).mean((1, 2)).sqrt(), rtol=0.03, atol=0
+    )
+    x0 = initial_state(m, 2, sigma, generator=g)
+    torch.testing.assert_close(x0.sum(1), m, rtol=1e-5, atol=1e-6)
+    deviation = (x0 - m[:, None] / 2).flatten(1).std(1)  # = sigma * sqrt(1 - 1/K) per mixture
+    torch.testing.assert_close(deviation, sigma.flatten() * 0.5**0.5, rtol=0.05, atol=0)
+    with pytest.raises(ValueError, match="noise_reference"):
+        noise_sigma(m, 2, 0.5, "relative")
+
+
+def test_noise_reference_enters_hashes_only_when_set_and_corpora_use_mixture_rms() -> None:
+    from benchmark.config import config_hash, resolve_config
+
+    for task in ("mnist", "fsdd2mix"):
+        cfg = resolve_config("surf_sr", task, 0, "smoke", [])
+        assert cfg.surf.noise_reference == "absolute"
+        before = config_hash(cfg, ("task", "train", "net", "surf", "eval"))
+        cfg.surf.noise_reference = "mixture_rms"
+        assert config_hash(cfg, ("task", "train", "net", "surf", "eval")) != before
+    for preset in ("smoke", "paper"):
+        for task in ("libri2mix", "fuss", "libri_fuss"):
+            cfg = resolve_config("surf_rm", task, 0, preset, [])
+            assert cfg.surf.noise_reference == "mixture_rms", (preset, task)
