@@ -295,7 +295,8 @@ class BasisConfig:
     Ermon 2019 §4.2; the ``paper`` preset keeps them).
 
     Attributes:
-        sigma_begin: sigma_1, the largest noise level (1.0; images in [0, 1]).
+        sigma_begin: sigma_1, the largest noise level (1.0; images in [0, 1]; data units, so
+            on audio relative to the source scale: FSDD2Mix sources have unit variance).
         sigma_end: sigma_L, the smallest noise level (0.01).
         num_levels: L, geometric levels from sigma_1 to sigma_L (10), used both for training
             (denoising score matching) and for separation.
@@ -309,7 +310,8 @@ class BasisConfig:
             CIFAR-10 script); their MNIST script differentiates ``||m - g(x)||^2`` without the
             1/2, which is w = 2.
         dequantize: train on uniformly dequantised images ``x 255/256 + u/256``, u ~ U[0, 1), as
-            the NCSN training code BASIS uses.
+            the NCSN training code BASIS uses (image tasks only; waveforms are never
+            dequantised).
         score_batch: at most this many images per score-network call during separation
             (memory; B K images are updated per Langevin step). Does not change the result
             beyond floating-point rounding.
