@@ -6,21 +6,40 @@ reference).
 Training step (NCSN, Song and Ermon 2019, eq. 5-6 with lambda(sigma) = sigma^2):
     1. x ~ p(x)                          B single clean sources: ceil(B / K) draws of
                                          ``task.sample_sources`` with the K axis flattened
-    2. x <- x 255/256 + u/256             uniform dequantisation (NCSN code; ``basis.dequantize``)
+    2. x <- x 255/256 + u/256             uniform dequantisation (NCSN code; ``basis.dequantize``;
+                                         images only)
     3. sigma_n = sigma_{i_n}, i_n ~ U{1..L}, z ~ N(0, I)
     4. L = 1/2 mean_n mean_d (sigma_n s_theta(x_n + sigma_n z_n, sigma_n) + z_n)^2
     5. Adam step
 
 Separation (BASIS Algorithm 1, :func:`methods.langevin.annealed_langevin_separation`): the K
-sources start uniform in [0, 1]; for each of the L levels, T Langevin steps of size
+sources start uniform in [0, 1] (images); for each of the L levels, T Langevin steps of size
 ``eta_i = epsilon sigma_i^2 / sigma_L^2`` on the prior score plus the mixture-likelihood gradient
 ``(m - sum_k x_k) / sigma_i^2``; the last iterate, clamped to [0, 1], is the estimate. The mixture
 convention ``m = sum_k x^(k)`` is BASIS's own (``g(x) = sum_k x_k``), see that module. The
 initialisation and the Langevin noise come from the evaluation generator (seeded by the method
 seed), so separations are reproducible.
 
-The score network (:func:`methods.score_networks.build_score_network`) is the SURF NCSN++ U-Net
-conditioned on ``log sigma``; it is evaluated directly (no EMA, as NCSN/BASIS).
+The score network (:func:`methods.model_factory.build_score_net`) is the SURF NCSN++ U-Net
+conditioned on ``log sigma`` on images, :class:`methods.score_networks.WaveformScoreNet` (sized by
+``audio_net``) on audio; it is evaluated directly (no EMA, as NCSN/BASIS).
+
+Audio (waveforms ``(T,)``, sources ``(B, K, T)``). Three image-specific steps change:
+
+- no dequantisation (waveforms are continuous; step 2 is for 8-bit pixels);
+- no clamping of the estimates (audio has no bounded range);
+- initialisation ``x_k = m / K + sigma_1 z_k``, ``z_k ~ N(0, I)``, instead of Algorithm 1's
+  ``Uniform(X)``, which needs a bounded data range. Waveforms are unbounded, and NCSN's
+  annealing starts from a draw of the data smoothed at ``sigma_1``; the equal split of the
+  mixture (the minimum-norm point of the constraint ``sum_k x_k = m``) plus noise at the first
+  level is such a draw around the constraint set, with the residual ``m - sum_k x_k`` at the
+  first level's likelihood scale.
+
+The noise levels are in data units, so their range is relative to the sources' scale: the
+default ``sigma_1 = 1 -> sigma_L = 0.01`` (BASIS/NCSN on images in [0, 1]) spans the
+source scale down to 1 % of it on FSDD2Mix, whose utterances are standardised to unit
+variance; tasks that keep file amplitudes (LibriMix, FUSS) need ``basis.sigma_begin`` /
+``basis.sigma_end`` set relative to their source RMS.
 """
 
 from __future__ import annotations
@@ -33,7 +52,7 @@ from torch import Tensor, nn
 from benchmark.registry import register_method
 from methods.base import Method, make_optimizer, optimize
 from methods.langevin import annealed_langevin_separation, dsm_loss, geometric_sigmas
-from methods.score_networks import build_score_network
+from methods.model_factory import build_score_net, is_audio
 
 __all__ = ["Basis"]
 
@@ -51,7 +70,7 @@ class Basis(Method):
     def setup(self, teacher: Method | None) -> None:
         del teacher  # no teacher: the prior is trained on clean sources
         cfg = self.config
-        self.score_net = build_score_network(self.task.sample_shape, cfg.net).to(self.device)
+        self.score_net = build_score_net(self.task, cfg).to(self.device)
         self.sigmas = geometric_sigmas(
             cfg.basis.sigma_begin, cfg.basis.sigma_end, cfg.basis.num_levels
         )
@@ -64,11 +83,12 @@ class Basis(Method):
         return self.score_net
 
     def sample_training_sources(self, generator: torch.Generator) -> Tensor:
-        """Lines 1-2: ``(B, *D)`` single clean sources (dequantised if ``basis.dequantize``)."""
+        """Lines 1-2: ``(B, *D)`` single clean sources (dequantised if ``basis.dequantize``, on
+        image tasks only)."""
         batch = self.config.train.batch_size
         k = self.task.num_sources
         x = self.task.sample_sources(math.ceil(batch / k), generator).flatten(0, 1)[:batch]
-        if self.config.basis.dequantize:
+        if self.config.basis.dequantize and not is_audio(self.task):
             u = torch.rand(x.shape, generator=generator, device=generator.device, dtype=x.dtype)
             x = x * (255.0 / 256.0) + u.to(x.device) / 256.0
         return x
@@ -92,8 +112,16 @@ class Basis(Method):
 
     @torch.no_grad()
     def separate(self, mixtures: Tensor, generator: torch.Generator) -> Tensor:
-        """``(B, *D)`` mixtures -> ``(B, K, *D)`` estimates in [0, 1] (BASIS Algorithm 1)."""
+        """``(B, *D)`` mixtures -> ``(B, K, *D)`` estimates (BASIS Algorithm 1): images start
+        uniform and end clamped to [0, 1]; waveforms start at ``m / K + sigma_1 z`` and are not
+        clamped (module docstring)."""
         cfg = self.config.basis
+        init = None
+        if is_audio(self.task):
+            shape = (mixtures.shape[0], self.task.num_sources, *mixtures.shape[1:])
+            z = torch.randn(shape, generator=generator, device=generator.device)
+            sigma_1 = float(self.sigmas[0])
+            init = mixtures.unsqueeze(1) / shape[1] + sigma_1 * z.to(mixtures)
         estimates = annealed_langevin_separation(
             mixtures,
             self.score,
@@ -103,5 +131,6 @@ class Basis(Method):
             cfg.steps_per_level,
             generator,
             recon_weight=cfg.recon_weight,
+            init=init,
         )
-        return estimates.clamp(0.0, 1.0)
+        return estimates if is_audio(self.task) else estimates.clamp(0.0, 1.0)

@@ -2,9 +2,7 @@
 networks (:mod:`methods.audio_nets`).
 
 Methods build their networks only through these functions, so a new modality or network family
-is one branch here. (BASIS's score network, on its own branch, would add a
-``build_score_net(task, cfg)`` next to :func:`build_flow_net`, returning the image U-Net or an
-audio score network by the same test.)
+is one branch here.
 
 - :func:`build_separator`: regression separator, mixture ``(B, *D)`` -> ``(B, M, *D)``
   mixture-consistent (image: :class:`methods.models.RegressionSeparator`; audio:
@@ -12,6 +10,9 @@ audio score network by the same test.)
 - :func:`build_flow_net`: velocity field ``v(x_t (B, K, *D), t (B,), m (B, *D))`` with zero-sum
   output (image: :class:`methods.models.FlowVelocityNet`; audio:
   :class:`methods.audio_nets.TFFlowNet`, SURF D.5 / Table 7).
+- :func:`build_score_net`: noise-conditional score network ``s(x (N, *D), sigma (N,))`` for
+  BASIS (image: :class:`methods.score_networks.ImageScoreNet`; audio:
+  :class:`methods.score_networks.WaveformScoreNet`).
 - :func:`is_audio` and :func:`flow_loss_kind` for the modality-dependent choices.
 """
 
@@ -22,7 +23,14 @@ from torch import nn
 from benchmark.config import RunConfig
 from tasks.base import Task
 
-__all__ = ["build_flow_net", "build_separator", "flow_loss_kind", "is_audio", "modality"]
+__all__ = [
+    "build_flow_net",
+    "build_score_net",
+    "build_separator",
+    "flow_loss_kind",
+    "is_audio",
+    "modality",
+]
 
 
 def modality(task: Task) -> str:
@@ -71,6 +79,17 @@ def build_flow_net(task: Task, cfg: RunConfig) -> nn.Module:
     from methods.models import FlowVelocityNet
 
     return FlowVelocityNet(task.sample_shape, task.num_sources, cfg.net)
+
+
+def build_score_net(task: Task, cfg: RunConfig) -> nn.Module:
+    """BASIS's score network for the task's single sources: the NCSN++ U-Net (``cfg.net``) on
+    image tasks, :class:`methods.score_networks.WaveformScoreNet` (``cfg.audio_net``) on audio
+    tasks; both conditioned on ``log sigma`` and divided by ``sigma``."""
+    from methods.score_networks import build_score_network
+
+    if is_audio(task):
+        return build_score_network(task.sample_shape, cfg.audio_net, kind="waveform")
+    return build_score_network(task.sample_shape, cfg.net)
 
 
 def flow_loss_kind(task: Task, cfg: RunConfig) -> str:

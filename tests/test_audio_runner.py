@@ -1,5 +1,6 @@
 """Every method end to end on real FSDD audio (``fsdd2mix``, smoke preset) through the CLI:
 Conv-TasNet for the regression methods, the time-frequency flow network for FLOSS and SURF,
+the waveform score network for BASIS,
 per-mixture audio scores, and the MixPIT/MixCycle Table I layout with the SC09Mix numbers."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import pandas as pd
 from benchmark.cli import main
 from benchmark.store import iter_run_dirs, read_json, read_status
 
-ALL_METHODS = "mixit,mixpit,mixcycle,remixit,self_remixing,surf_rm,surf_sr,supervised,floss"
+ALL_METHODS = "mixit,mixpit,mixcycle,remixit,self_remixing,surf_rm,surf_sr,supervised,floss,basis"
 
 
 def test_every_method_runs_on_fsdd2mix(data_root, results_dir, capsys):
