@@ -143,9 +143,14 @@ def ablation_figures(
         ref = paper[(paper.task == task) & (paper.study == study.name)]
         lo, hi = int(summary["n"].min()), int(summary["n"].max())
         seeds = f"n = {hi}" if lo == hi else f"n = {lo}–{hi}"
+        paper_note = (
+            "; paper: SURF Table 9 (in the legend)"
+            if len(ref)
+            else "; SURF Table 9 has no numbers for this task"
+        )
         title = (
             f"SURF ablation: {study.title} · {task} · preset {preset} · "
-            f"mean ± std over seeds ({seeds}); paper: SURF Table 9 (CIFAR-10)"
+            f"mean ± std over seeds ({seeds}){paper_note}"
         )
         fig = _ablation_plot(study, summary, ref, methods, title)
         path = Path(out_dir) / f"ablation_{study.name}_{task}_{preset}.png"
