@@ -67,7 +67,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from benchmark.registry import method_names
     from benchmark.runner import plan_runs, prepare_runs
     from benchmark.status import render_dry_run
-    from benchmark.submit import cluster_options_from_args, execute_todo
+    from benchmark.submit import cluster_options_from_args, execute_and_report
 
     methods = _csv_list(args.methods)
     if methods == ["all"]:
@@ -107,12 +107,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not todo:
         print("nothing to do: every run is finished. `python -m benchmark table` shows them.")
         return 0
-    counts = execute_todo(todo, args, cluster)
-    if counts is None:  # submitted to SLURM, not waiting
-        return 0
-    summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
-    print(f"finished: {summary}. `python -m benchmark table --task {args.task}` shows results.")
-    return 0 if set(counts) <= {"done"} else 1
+    return execute_and_report(todo, args, cluster, f"python -m benchmark table --task {args.task}")
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

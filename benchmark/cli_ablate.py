@@ -19,7 +19,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     from benchmark.ablation import STUDIES, check_methods, parse_studies, plan_ablation
     from benchmark.runner import prepare_runs
     from benchmark.status import render_dry_run
-    from benchmark.submit import cluster_options_from_args, execute_todo
+    from benchmark.submit import cluster_options_from_args, execute_and_report
 
     studies = parse_studies(args.study)
     methods = _csv_list(args.methods)
@@ -53,15 +53,9 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     if not todo:
         print("nothing to do. `python -m benchmark table --which table9` shows the results.")
         return 0
-    counts = execute_todo(todo, args, cluster)
-    if counts is None:  # submitted to SLURM, not waiting
-        return 0
-    summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
-    print(
-        f"finished: {summary}. `python -m benchmark table --which table9 --task {args.task}` "
-        "shows the results."
+    return execute_and_report(
+        todo, args, cluster, f"python -m benchmark table --which table9 --task {args.task}"
     )
-    return 0 if set(counts) <= {"done"} else 1
 
 
 def add_ablate_parser(sub, seeds_type, add_job_arguments) -> None:

@@ -4,7 +4,9 @@
   ``--cluster-config`` and the ``--slurm-*`` options to a sub-command's parser;
 - :func:`cluster_options_from_args` merges the YAML file and the flags (flags win);
 - :func:`execute_todo` runs prepared runs locally (:func:`benchmark.runner.execute_plan`) or
-  submits them to SLURM (:func:`benchmark.slurm.submit_runs`; blocking only with ``--wait``).
+  submits them to SLURM (:func:`benchmark.slurm.submit_runs`; blocking only with ``--wait``);
+- :func:`execute_and_report` does that and prints the final counts with the ``table`` command
+  that shows the results, returning the command's exit code.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from benchmark.slurm import ClusterOptions, load_cluster_options
 __all__ = [
     "add_execution_arguments",
     "cluster_options_from_args",
+    "execute_and_report",
     "execute_todo",
     "submit_runs",
 ]
@@ -147,7 +150,7 @@ def execute_todo(
             args.max_parallel,
             weights_dir=args.weights_dir,
             gpu_slots=_gpu_slots(args),
-            workers=getattr(args, "workers", 1),
+            workers=args.workers,
         )
     from benchmark.slurm import options_summary, wait_for_runs
 
@@ -166,7 +169,7 @@ def execute_todo(
         args.results_dir,
         args.device,
         args.weights_dir,
-        getattr(args, "workers", 1),
+        args.workers,
     )
     arrays = sorted({job_id.split("_")[0] for job_id in submitted.values()})
     print(
@@ -182,3 +185,20 @@ def execute_todo(
         )
         return None
     return wait_for_runs(submitted)
+
+
+def execute_and_report(
+    todo: list, args: argparse.Namespace, cluster: ClusterOptions | None, table_command: str
+) -> int:
+    """:func:`execute_todo`, then print ``finished: <n> <state>, ...`` and ``table_command``.
+
+    Returns:
+        The exit code of ``run``/``ablate``: 0 when every run ended ``done`` or SLURM jobs were
+        submitted without ``--wait``; 1 when any run failed or diverged.
+    """
+    counts = execute_todo(todo, args, cluster)
+    if counts is None:  # submitted to SLURM, not waiting
+        return 0
+    summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    print(f"finished: {summary}. `{table_command}` shows the results.")
+    return 0 if set(counts) <= {"done"} else 1

@@ -6,6 +6,7 @@ per-mixture audio scores, and the MixPIT/MixCycle Table I layout with the SC09Mi
 from __future__ import annotations
 
 import pandas as pd
+from helpers import smoke_argv
 
 from benchmark.cli import main
 from benchmark.store import iter_run_dirs, read_json, read_status
@@ -14,22 +15,17 @@ ALL_METHODS = "mixit,mixpit,mixcycle,remixit,self_remixing,surf_rm,surf_sr,super
 
 
 def test_every_method_runs_on_fsdd2mix(data_root, results_dir, capsys):
-    args = ["--results-dir", str(results_dir)]
     code = main(
-        [
-            "run",
+        smoke_argv(
+            results_dir,
+            data_root,
             "--methods",
             ALL_METHODS,
             "--task",
             "fsdd2mix",
-            "--preset",
-            "smoke",
             "--executor",
             "debug",
-            "--data-root",
-            str(data_root),
-            *args,
-        ]
+        )
     )
     assert code == 0
     runs = {d.parent.name: d for d in iter_run_dirs(results_dir)}
@@ -51,7 +47,7 @@ def test_every_method_runs_on_fsdd2mix(data_root, results_dir, capsys):
     curve = pd.read_csv(runs["surf_sr"] / "curve.csv")
     assert (curve["loss"] < 20).all()  # the log velocity error (dB), SURF D.5
     capsys.readouterr()
-    assert main(["table", "--task", "fsdd2mix", *args]) == 0
+    assert main(["table", "--task", "fsdd2mix", "--results-dir", str(results_dir)]) == 0
     table = capsys.readouterr().out
     assert "MixPIT/MixCycle Table I layout" in table
     mixcycle = next(line for line in table.splitlines() if line.startswith("| MixCycle |"))

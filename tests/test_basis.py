@@ -6,14 +6,14 @@ on real MNIST and CIFAR-10 through the CLI."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from helpers import TinyImages
 
 from benchmark.cli import main
-from benchmark.config import PRESETS, ConfigError, TaskConfig, identity_dict, resolve_config
+from benchmark.config import PRESETS, ConfigError, identity_dict, resolve_config
 from benchmark.registry import get_method, get_task, method_names
 from benchmark.store import iter_run_dirs, read_json, read_status
 from benchmark.tables import render_table
@@ -26,8 +26,6 @@ from methods.langevin import (
 )
 from methods.model_factory import build_score_net
 from methods.score_networks import ImageScoreNet, WaveformScoreNet, build_score_network
-from tasks.base import Task
-from tasks.images import ImageTask
 
 F64 = torch.float64
 
@@ -199,26 +197,13 @@ def test_langevin_separation_is_reproducible_from_the_generator() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-class _TinyImages(ImageTask):
-    """The image task's sampling on a small random pool of 1x8x8 images (not registered)."""
-
-    name = "tiny"
-    display_name = "tiny"
-    dataset = "none"
-
-    def __init__(self) -> None:
-        Task.__init__(self, TaskConfig(name="tiny", num_sources=2, eval_mixtures=4), Path("."))
-        self.images = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-        self._eval = None
-
-
 def _basis(**basis) -> Basis:
     cfg = resolve_config("basis", "mnist", 0, "smoke")
     cfg.train.batch_size = 5
     for key, value in basis.items():
         setattr(cfg.basis, key, value)
     torch.manual_seed(0)
-    method = Basis(cfg, _TinyImages(), torch.device("cpu"))
+    method = Basis(cfg, TinyImages(), torch.device("cpu"))
     method.setup(None)
     return method
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import smoke_argv
 
 from benchmark.cli import main
 from benchmark.preempt import RunLocked, run_is_locked, run_lock
@@ -29,19 +30,6 @@ from benchmark.store import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _smoke(results_dir: Path, data_root: Path, *args: str) -> list[str]:
-    return [
-        "run",
-        "--preset",
-        "smoke",
-        "--results-dir",
-        str(results_dir),
-        "--data-root",
-        str(data_root),
-        *args,
-    ]
 
 
 def _writer(results_dir: str, index: int, rounds: int) -> None:
@@ -108,7 +96,7 @@ def test_run_lock_keeps_a_second_invocation_off_a_running_run(data_root, tmp_pat
 def test_grid_with_one_raising_job_records_the_rest_done(data_root, tmp_path, capsys):
     # M = 1 MixIT outputs cannot be reduced to K = 2 estimates: only the MixIT job raises
     args = ["--methods", "mixit,mixpit,supervised", "--task", "mnist", "--executor", "debug"]
-    code = main(_smoke(tmp_path, data_root, *args, "--set", "mixit:mixit.num_outputs=1"))
+    code = main(smoke_argv(tmp_path, data_root, *args, "--set", "mixit:mixit.num_outputs=1"))
     assert code == 1
     states = {d.parent.name: read_status(d) for d in iter_run_dirs(tmp_path)}
     assert {m: s["state"] for m, s in states.items()} == {
@@ -135,7 +123,7 @@ def test_local_jobs_get_their_own_gpu_slot(data_root, tmp_path):
     args = ["--methods", "mixit", "--task", "mnist", "--executor", "local", "--device", "cpu"]
     args += ["--max-parallel", "2", "--gpus", "3,5"]
     args += ["--set", "train.steps=1", "task.eval_mixtures=8"]  # the jobs' content is not tested
-    assert main(_smoke(tmp_path, data_root, *args)) == 0
+    assert main(smoke_argv(tmp_path, data_root, *args)) == 0
     runs = list(iter_run_dirs(tmp_path))
     gpus = sorted(read_json(d / "meta.json")["cuda_visible_devices"] for d in runs)
     assert gpus == ["3", "5"]
@@ -147,7 +135,7 @@ def test_sigterm_checkpoints_at_an_iteration_and_resumes_identically(data_root, 
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     env["BENCHMARK_STEP_DELAY_S"] = "0.05"
     stopped = tmp_path / "stopped"
-    cmd = [sys.executable, "-m", "benchmark", *_smoke(stopped, data_root, *args)]
+    cmd = [sys.executable, "-m", "benchmark", *smoke_argv(stopped, data_root, *args)]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL)
     deadline = time.time() + 120
     run_dir = None
@@ -163,9 +151,9 @@ def test_sigterm_checkpoints_at_an_iteration_and_resumes_identically(data_root, 
     status = read_status(run_dir)
     assert status["state"] == "preempted" and "SIGTERM" in status["error"]
     assert 6 <= status["step"] < 40
-    assert main(_smoke(stopped, data_root, *args)) == 0
+    assert main(smoke_argv(stopped, data_root, *args)) == 0
     clean = tmp_path / "clean"
-    assert main(_smoke(clean, data_root, *args)) == 0
+    assert main(smoke_argv(clean, data_root, *args)) == 0
     (clean_dir,) = [d for d in iter_run_dirs(clean) if d.parent.name == "mixit"]
     a, b = (pd.read_csv(d / "curve.csv") for d in (run_dir, clean_dir))
     assert a["step"].tolist() == list(range(4, 41, 4))
@@ -200,7 +188,7 @@ def test_cluster_options_yaml_then_flags(tmp_path):
 def test_dry_run_prints_the_grid_and_writes_nothing(data_root, tmp_path, capsys):
     args = ["--methods", "mixit,surf_sr", "--task", "mnist", "--seeds", "0,1"]
     args += ["--executor", "slurm", "--slurm-max-array-size", "2", "--set", "surf.ema_decay=0.99"]
-    assert main(_smoke(tmp_path, data_root, *args, "--dry-run")) == 0
+    assert main(smoke_argv(tmp_path, data_root, *args, "--dry-run")) == 0
     out = capsys.readouterr().out
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
     assert "5 runs: 0 done, 5 would be submitted" in out
@@ -208,12 +196,12 @@ def test_dry_run_prints_the_grid_and_writes_nothing(data_root, tmp_path, capsys)
     assert "stage 1: 2 jobs as 1 SLURM job array(s)" in out and "afterany" in out
     assert "surf.ema_decay=0.99" in out and "nothing was submitted" in out
     # a finished run is reported as done and not resubmitted
-    assert main(_smoke(tmp_path, data_root, "--methods", "mixit", "--task", "mnist",
+    assert main(smoke_argv(tmp_path, data_root, "--methods", "mixit", "--task", "mnist",
                        "--executor", "debug")) == 0  # fmt: skip
     capsys.readouterr()
-    assert main(_smoke(tmp_path, data_root, *args, "--dry-run")) == 0
+    assert main(smoke_argv(tmp_path, data_root, *args, "--dry-run")) == 0
     out = capsys.readouterr().out
     assert "5 runs: 2 done, 3 would be submitted" in out and "skip (done)" in out
-    assert main(_smoke(tmp_path, data_root, "--methods", "mixit", "--task", "mnist",
+    assert main(smoke_argv(tmp_path, data_root, "--methods", "mixit", "--task", "mnist",
                        "--slurm-partition", "x")) == 2  # fmt: skip
     assert "need --executor slurm" in capsys.readouterr().err

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from helpers import smoke_argv
 
 from benchmark.cli import main
 from benchmark.config import ConfigError, config_hash, resolve_config
@@ -353,24 +354,19 @@ def test_config_section_presets_and_hashes():
 @pytest.mark.parametrize("task", ["mnist", "cifar10"])
 def test_mixpit_and_mixcycle_end_to_end(task, data_root, results_dir, capsys):
     code = main(
-        [
-            "run",
+        smoke_argv(
+            results_dir,
+            data_root,
             "--methods",
             "mixpit,mixcycle",
             "--task",
             task,
             "--executor",
             "debug",
-            "--preset",
-            "smoke",
-            "--results-dir",
-            str(results_dir),
-            "--data-root",
-            str(data_root),
             "--set",
             "mixcycle.mixpit_steps=3",
             "train.steps=6",
-        ]
+        )
     )
     assert code == 0
     runs = {d.parent.name: d for d in iter_run_dirs(results_dir)}

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from helpers import smoke_argv
 
 from benchmark.cli import main
 from benchmark.store import iter_run_dirs, read_json, read_status
@@ -24,18 +25,7 @@ ALL_IMAGE_METHODS = "mixit,remixit,self_remixing,surf_rm,surf_sr"
 
 
 def _run(results_dir: Path, data_root: Path, *args: str) -> int:
-    return main(
-        [
-            "run",
-            "--preset",
-            "smoke",
-            "--results-dir",
-            str(results_dir),
-            "--data-root",
-            str(data_root),
-            *args,
-        ]
-    )
+    return main(smoke_argv(results_dir, data_root, *args))
 
 
 def _runs(results_dir: Path, method: str) -> list[Path]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from helpers import smoke_argv
 
 from benchmark.cli import main
 from benchmark.slurm import queue_states
@@ -42,7 +43,10 @@ def slurm_cluster(tmp_path_factory):
     if reason:
         if os.environ.get("CI"):
             pytest.fail(f"{reason}; CI must install slurmctld slurmd slurm-client munge")
-        pytest.skip(reason)
+        # Local machines without SLURM only: grid planning, dry runs, failure isolation, run
+        # locks and SIGTERM checkpoint/resume are also covered without a scheduler by
+        # tests/test_execution.py and tests/test_runner.py (debug executor, kill -9).
+        pytest.skip(f"{reason}; set CI=1 to make this a failure")
     state = tmp_path_factory.mktemp("slurm")
     started = subprocess.run(
         ["bash", str(SCRIPTS / "start_cluster.sh"), str(state)],
@@ -68,20 +72,7 @@ def slurm_cluster(tmp_path_factory):
 
 
 def _slurm_run(results_dir: Path, data_root: Path, *args: str) -> int:
-    return main(
-        [
-            "run",
-            "--preset",
-            "smoke",
-            "--executor",
-            "slurm",
-            "--results-dir",
-            str(results_dir),
-            "--data-root",
-            str(data_root),
-            *args,
-        ]
-    )
+    return main(smoke_argv(results_dir, data_root, "--executor", "slurm", *args))
 
 
 def test_grid_runs_as_one_array_with_dependent_stage(slurm_cluster, data_root, tmp_path, capsys):

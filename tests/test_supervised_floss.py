@@ -6,45 +6,30 @@ from __future__ import annotations
 
 import itertools
 import math
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from helpers import TinyImages
 
 import methods.surf
 from benchmark.cli import main
-from benchmark.config import PRESETS, ConfigError, TaskConfig, config_hash, resolve_config
+from benchmark.config import PRESETS, ConfigError, config_hash, resolve_config
 from benchmark.registry import get_method
 from benchmark.store import iter_run_dirs, read_json, read_status
 from methods.floss import Floss
 from methods.losses import log_mse, negative_thresholded_snr, pairwise_log_mse
 from methods.supervised import SupervisedRegression, supervised_pit_loss
 from methods.surf import SurfRM, _Surf
-from tasks.base import Task
-from tasks.images import ImageTask
 
 F64 = torch.float64
-
-
-class _TinyImages(ImageTask):
-    """The image task's sampling on a small random pool of 1x8x8 images (not registered)."""
-
-    name = "tiny"
-    display_name = "tiny"
-    dataset = "none"
-
-    def __init__(self) -> None:
-        Task.__init__(self, TaskConfig(name="tiny", num_sources=2, eval_mixtures=4), Path("."))
-        self.images = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-        self._eval = None
 
 
 def _method(cls, batch_size: int = 3):
     cfg = resolve_config(cls.name, "mnist", 0, "smoke")
     cfg.train.batch_size = batch_size
     torch.manual_seed(0)
-    method = cls(cfg, _TinyImages(), torch.device("cpu"))
+    method = cls(cfg, TinyImages(), torch.device("cpu"))
     method.setup(None)
     return method
 
