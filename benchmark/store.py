@@ -33,8 +33,12 @@ import torch
 
 __all__ = [
     "FINISHED",
+    "CorruptStoreFile",
+    "atomic_torch_save",
     "atomic_write_bytes",
+    "atomic_write_csv",
     "atomic_write_json",
+    "atomic_write_parquet",
     "iter_run_dirs",
     "read_json",
     "read_status",
@@ -44,6 +48,31 @@ __all__ = [
 
 #: terminal states
 FINISHED = ("done", "failed", "diverged")
+
+#: permission bits of every file the store writes: readable by group and others (results folders
+#: are shared on clusters), minus what the process umask removes
+_FILE_MODE = 0o666
+
+
+class CorruptStoreFile(ValueError):
+    """A file of the results store cannot be parsed (truncated or hand-edited).
+
+    Attributes:
+        path: the file.
+    """
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = Path(path)
+        super().__init__(
+            f"corrupt results file {self.path} ({reason}); delete it, or the run folder "
+            f"{self.path.parent}, and `run` recomputes what is missing"
+        )
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def run_dir_for(results_dir: Path, task: str, method: str, run_hash: str) -> Path:
@@ -57,6 +86,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _FILE_MODE & ~_umask())  # mkstemp creates 0600
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -92,11 +122,19 @@ def atomic_write_csv(path: Path, frame: pd.DataFrame) -> None:
 
 
 def read_json(path: Path, default: Any = None) -> Any:
-    """Read a JSON file, or ``default`` when it does not exist."""
+    """Read a JSON file, or ``default`` when it does not exist.
+
+    Raises:
+        CorruptStoreFile: the file exists but is not valid JSON (the message names it).
+    """
     try:
-        return json.loads(Path(path).read_text())
+        text = Path(path).read_bytes()
     except FileNotFoundError:
         return default
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptStoreFile(path, f"not valid JSON: {exc}") from None
 
 
 def read_status(run_dir: Path) -> dict[str, Any]:
