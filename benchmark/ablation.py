@@ -249,7 +249,7 @@ def ablation_results(
     """
     import pandas as pd
 
-    from benchmark.store import read_json, read_status
+    from benchmark.store import RunRecord, read_status
 
     overrides = overrides or []
     seeds = seeds if seeds is not None else _stored_seeds(results_dir, task, preset, methods)
@@ -285,19 +285,17 @@ def ablation_results(
         if state != "done":
             rows.append({**key, "state": state, "metric": None, "score": float("nan")})
             continue
-        metrics = read_json(point.run.run_dir / "metrics.json", {})
-        for metric in ("psnr", "ssim", "lpips"):
-            value = metrics.get(metric)
-            if isinstance(value, (int, float)):  # None: not computed (reason in "perceptual")
-                rows.append(
-                    {
-                        **key,
-                        "state": state,
-                        "metric": metric,
-                        "score": float(value),
-                        "n_mixtures": metrics.get("n_mixtures"),
-                    }
-                )
+        record = RunRecord(point.run.run_dir)
+        for metric, value in record.metric_values().items():  # computed metrics only
+            rows.append(
+                {
+                    **key,
+                    "state": state,
+                    "metric": metric,
+                    "score": value,
+                    "n_mixtures": record.counts.get("n_mixtures"),
+                }
+            )
     return pd.DataFrame(rows, columns=columns)
 
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from benchmark.config import PRESETS, ConfigError, parse_overrides
+from benchmark.registry import PluginError, load_plugins
 from benchmark.submit import add_execution_arguments
 
 __all__ = ["main"]
@@ -41,23 +42,25 @@ def _seeds(text: str) -> list[int]:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from benchmark.registry import get_method, get_task, method_names, task_names
+    from benchmark.registry import METHODS, TASKS, method_names, task_names
 
     print("methods:")
     for name in method_names():
-        cls = get_method(name)
+        cls = METHODS.get(name)
         tags = ["unsupervised" if cls.unsupervised else "supervised"]
         if cls.generative:
             tags.append("generative")
         if cls.teacher_method:
             tags.append(f"starts from {cls.teacher_method}")
         print(f"  {name:<16} {cls.display_name:<28} ({', '.join(tags)})")
+        print(f"  {'':<16} from {METHODS.origin(name)}")
     print("tasks:")
     for name in task_names():
-        print(f"  {name:<16} {get_task(name).display_name}")
+        cls = TASKS.get(name)
+        print(f"  {name:<16} {cls.display_name:<44} ({cls.modality}; from {TASKS.origin(name)})")
     print("presets:")
-    for name, spec in PRESETS.items():
-        print(f"  {name:<16} {spec['description']}")
+    for name, description in PRESETS.items():
+        print(f"  {name:<16} {description}")
     return 0
 
 
@@ -231,6 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_ablate_parser(sub, _seeds, add_job_arguments)
     add_figure_parser(sub, default_results_dir, default_data_root)
+    for command in sub.choices.values():
+        command.add_argument(
+            "--plugins",
+            type=_csv_list,
+            default=[],
+            metavar="MODULE[,MODULE]",
+            help="import these modules (which register methods/tasks) besides the built-in "
+            "plug-ins and the installed entry points; also $BENCHMARK_PLUGINS",
+        )
     return parser
 
 
@@ -239,8 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        load_plugins(args.plugins)
         return args.func(args)
-    except (KeyError, ConfigError, FileNotFoundError, ValueError) as exc:
+    except (KeyError, ConfigError, FileNotFoundError, ValueError, PluginError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         print(f"error: {message}", file=sys.stderr)
         return 2

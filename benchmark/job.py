@@ -14,26 +14,32 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
 
 from benchmark import CODE_VERSION
-from benchmark.config import RunConfig, from_dict
+from benchmark.config import RunConfig
 from benchmark.perceptual_eval import perceptual_stage
 from benchmark.preempt import Preempted, RunLocked, StopSignals, run_lock
 from benchmark.registry import get_method, get_task
 from benchmark.store import (
+    METRICS_SCHEMA_VERSION,
+    METRICS_SECTIONS,
+    RunRecord,
     atomic_torch_save,
     atomic_write_csv,
     atomic_write_json,
     atomic_write_parquet,
-    read_json,
     write_status,
 )
 
 __all__ = ["Diverged", "execute_run", "load_trained_method", "pick_device"]
+
+if TYPE_CHECKING:
+    from methods.base import Method
+    from tasks.base import Task
 
 log = logging.getLogger("benchmark")
 
@@ -97,32 +103,41 @@ def _setup_logging(run_dir: Path) -> logging.Handler:
 
 
 def load_config(run_dir: Path) -> RunConfig:
-    """The :class:`RunConfig` stored in ``run_dir/config.json``."""
-    data = read_json(Path(run_dir) / "config.json")
-    if data is None:
-        raise FileNotFoundError(f"no config.json in {run_dir}")
-    return from_dict(data["config"])
+    """The :class:`RunConfig` stored in ``run_dir/config.json``.
+
+    Raises:
+        FileNotFoundError: no ``config.json`` (not a planned run).
+        benchmark.store.CorruptStoreFile: it cannot be parsed.
+    """
+    return RunRecord(run_dir).config
 
 
-def load_trained_method(run_dir: Path, data_root: Path, device: torch.device, task=None):
-    """Rebuild a finished run's method with its final weights (e.g. a MixIT teacher).
+def load_trained_method(
+    run_dir: Path, data_root: Path, device: torch.device, task: Task | None = None
+) -> Method:
+    """Rebuild a finished run's method with its final weights (e.g. a MixIT teacher), with its
+    own teacher loaded first (recursively), in eval mode.
+
+    Args:
+        run_dir: the finished run's folder.
+        data_root: dataset root (to build the task when ``task`` is None).
+        device: where the networks go.
+        task: the task instance to reuse (same task as the run's), or None to build it.
 
     Raises:
         FileNotFoundError: the run has no ``model.pt`` (not finished).
     """
-    run_dir = Path(run_dir)
-    cfg = load_config(run_dir)
-    weights = run_dir / "model.pt"
-    if not weights.is_file():
-        raise FileNotFoundError(f"teacher run {run_dir} has no final weights (model.pt)")
+    record = RunRecord(run_dir)
+    cfg = record.config
+    if not record.model_path.is_file():
+        raise FileNotFoundError(f"teacher run {record.path} has no final weights (model.pt)")
     task = task or get_task(cfg.task.name)(cfg.task, data_root).to(device)
     teacher = None
-    info = read_json(run_dir / "config.json")
-    if info.get("teacher_dir"):
-        teacher = load_trained_method(Path(info["teacher_dir"]), data_root, device, task)
+    if record.teacher is not None:
+        teacher = load_trained_method(record.teacher.path, data_root, device, task)
     method = get_method(cfg.method)(cfg, task, device)
     method.setup(teacher)
-    state = torch.load(weights, map_location=device, weights_only=True)
+    state = torch.load(record.model_path, map_location=device, weights_only=True)
     for name, module in method.modules().items():
         module.load_state_dict(state[name])
     method.eval_mode()
@@ -289,6 +304,52 @@ def evaluate(
     return (scores, estimates_t) if return_estimates else scores
 
 
+def metrics_record(
+    task,
+    scores: pd.DataFrame,
+    timings: dict[str, float],
+    training: dict[str, Any],
+    extra: list[dict[str, dict[str, Any]]],
+    provenance: dict[str, Any],
+) -> dict[str, Any]:
+    """The ``metrics.json`` record of an evaluated run (schema version
+    :data:`benchmark.store.METRICS_SCHEMA_VERSION`, sections
+    :data:`benchmark.store.METRICS_SECTIONS`).
+
+    Args:
+        task: the task (its ``metrics`` are averaged over ``scores``; its ``summarize`` adds
+            or replaces entries, e.g. FUSS's pooled scores).
+        scores: per-mixture scores, one row per evaluation mixture.
+        timings: seconds of each stage (``train_time_s``, ``eval_time_s``).
+        training: ``final_loss``.
+        extra: further sectioned entries (the perceptual stage's).
+        provenance: git commit, versions, device, host, job id, wall time.
+
+    Returns:
+        ``{"schema_version": 2, "metrics": {name: mean}, "spread": {name: std over mixtures},
+        "counts": {"n_mixtures": N, ...}, "timings", "training", "settings", "perceptual",
+        "provenance"}``.
+    """
+    names = list(task.metrics)
+    record: dict[str, Any] = {"schema_version": METRICS_SCHEMA_VERSION}
+    record.update({section: {} for section in METRICS_SECTIONS})
+    record["metrics"] = {m: float(scores[m].mean()) for m in names}
+    record["spread"] = {m: float(scores[m].std()) for m in names}
+    record["counts"] = {"n_mixtures": int(len(scores))}
+    record["timings"] = dict(timings)
+    record["training"] = dict(training)
+    record["provenance"] = dict(provenance)
+    for entries in [*extra, task.summarize(scores)]:
+        for section, values in entries.items():
+            if section not in METRICS_SECTIONS:
+                raise ValueError(f"unknown metrics.json section {section!r}")
+            if isinstance(values, dict) and section != "perceptual":
+                record[section].update(values)
+            else:
+                record[section] = values
+    return record
+
+
 def _job_id() -> str:
     """The scheduler's id of this job (``ARRAY_TASK`` for SLURM array tasks), or ``""``."""
     if os.environ.get("SLURM_ARRAY_JOB_ID"):
@@ -360,8 +421,8 @@ def _execute_locked(
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
             torch.backends.cudnn.benchmark = True
-        info = read_json(path / "config.json")
-        cfg = from_dict(info["config"])
+        record = RunRecord(path)
+        cfg = record.config
         gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
         write_status(
             path, "running", job_id=job_id, pid=os.getpid(), host=platform.node(), gpus=gpus
@@ -380,14 +441,11 @@ def _execute_locked(
         task.workers = max(1, int(workers))
         method_cls = get_method(cfg.method)
         teacher = None
-        if info.get("teacher_dir"):
-            teacher_state = read_json(Path(info["teacher_dir"]) / "status.json", {})
-            if teacher_state.get("state") != "done":
-                raise RuntimeError(
-                    f"teacher run {info['teacher_dir']} did not finish "
-                    f"({teacher_state.get('state', 'absent')})"
-                )
-            teacher = load_trained_method(Path(info["teacher_dir"]), Path(data_root), dev, task)
+        ready, reason = record.teacher_ready()
+        if not ready:
+            raise RuntimeError(reason)
+        if record.teacher is not None:
+            teacher = load_trained_method(record.teacher.path, Path(data_root), dev, task)
         method = method_cls(cfg, task, dev)
         method.setup(teacher)
         curve, train_time = [], 0.0
@@ -404,33 +462,27 @@ def _execute_locked(
         perceptual = perceptual_stage(method, task, cfg, estimates, scores, dev, weights_dir)
         del estimates
         atomic_write_parquet(path / "scores.parquet", scores)
-        metric_names = list(task.metrics)
-        metrics: dict[str, Any] = {m: float(scores[m].mean()) for m in metric_names}
-        metrics.update({f"{m}_std_over_mixtures": float(scores[m].std()) for m in metric_names})
-        metrics.update(
-            n_mixtures=int(len(scores)),
-            train_time_s=train_time,
-            eval_time_s=eval_time,
-            final_loss=curve[-1]["loss"] if curve else None,
+        provenance = {
+            "git_commit": _git_commit(),
+            "code_version": CODE_VERSION,
+            "versions": _versions(),
+            "device": _device_name(dev),
+            "host": platform.node(),
+            "wall_time_s": time.time() - started,
+            "job_id": job_id,
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        }
+        metrics = metrics_record(
+            task,
+            scores,
+            timings={"train_time_s": train_time, "eval_time_s": eval_time},
+            training={"final_loss": curve[-1]["loss"] if curve else None},
+            extra=[perceptual],
+            provenance=provenance,
         )
-        metrics.update(perceptual)
-        metrics.update(task.summarize(scores))
         atomic_write_json(path / "metrics.json", metrics)
-        atomic_write_json(
-            path / "meta.json",
-            {
-                "git_commit": _git_commit(),
-                "code_version": CODE_VERSION,
-                "versions": _versions(),
-                "device": _device_name(dev),
-                "host": platform.node(),
-                "wall_time_s": time.time() - started,
-                "job_id": job_id,
-                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-            },
-        )
         write_status(path, "done", job_id=job_id, wall_time_s=time.time() - started)
-        log.info("done: %s", {m: round(metrics[m], 4) for m in metric_names})
+        log.info("done: %s", {m: round(metrics["metrics"][m], 4) for m in task.metrics})
         return metrics
     except Diverged as exc:
         write_status(path, "diverged", job_id=job_id, error=str(exc))

@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 
 from benchmark.config import RunConfig, to_dict
-from benchmark.store import atomic_torch_save, atomic_write_json, read_json
+from benchmark.store import RunRecord, atomic_torch_save
 from tasks.perceptual import (
     ALEXNET_FILE,
     INCEPTION_FILE,
@@ -64,21 +64,10 @@ LPIPS_BACKBONE = "AlexNet (lpips 0.1, net='alex')"
 FEATURE_EXTRACTOR = "inception-v3-compat (torch-fidelity)"
 
 
-def applies(task) -> bool:
-    """Perceptual metrics are defined for the image tasks (``mnist``, ``cifar10``)."""
-    from tasks.images import ImageTask
-
-    return isinstance(task, ImageTask)
-
-
-def _applies_to_name(task_name: str) -> bool:
-    from benchmark.registry import get_task
-    from tasks.images import ImageTask
-
-    try:
-        return issubclass(get_task(task_name), ImageTask)
-    except KeyError:
-        return False
+def applies(cfg: RunConfig) -> bool:
+    """The perceptual metrics apply to runs whose task declares the ``perceptual`` section (the
+    image tasks, ``tasks.images.ImageTask.config_schema``) while ``perceptual.enabled``."""
+    return "perceptual" in cfg.sections and cfg.perceptual.enabled
 
 
 def _reference(task, cfg: RunConfig) -> tuple[torch.Tensor, str]:
@@ -169,14 +158,17 @@ def perceptual_stage(
         weights_dir: extra folder searched for weights (``--weights-dir``).
 
     Returns:
-        Entries for ``metrics.json``: the metric values (``None`` when not computed) and the
-        ``perceptual`` record. Empty when the task is not an image task or the stage is off.
+        Entries for the sections of ``metrics.json`` (:data:`benchmark.store.METRICS_SECTIONS`):
+        ``metrics`` (the values, ``None`` when not computed), ``spread`` (LPIPS's std over
+        mixtures), ``timings`` and the ``perceptual`` record. Empty when the run's task has no
+        ``perceptual`` section or the stage is off.
     """
-    pc = cfg.perceptual
-    if not (pc.enabled and applies(task)):
+    if not applies(cfg):
         return {}
+    pc = cfg.perceptual
     started = time.time()
     values: dict[str, Any] = dict.fromkeys(PERCEPTUAL_KEYS)
+    spread: dict[str, float] = {}
     record: dict[str, Any] = {"settings": to_dict(pc)}
     data = task.eval_set()
     k = estimates.shape[1]
@@ -197,9 +189,7 @@ def perceptual_stage(
         if np.isfinite(per_mix).all():
             scores["lpips"] = per_mix
             values["lpips"] = float(per_mix.mean())
-            values["lpips_std_over_mixtures"] = (
-                float(per_mix.std(ddof=1)) if len(per_mix) > 1 else 0.0
-            )
+            spread["lpips"] = float(per_mix.std(ddof=1)) if len(per_mix) > 1 else 0.0
         else:  # only non-finite estimates can do this; never report a NaN
             _finite(float(per_mix.mean()), "LPIPS", record["lpips"])
         del model
@@ -255,32 +245,34 @@ def perceptual_stage(
         else:
             record["table2"] = {"status": "disabled"}
         del inception
-    values["perceptual_time_s"] = time.time() - started
-    values["perceptual"] = record
-    return values
+    return {
+        "metrics": values,
+        "spread": spread,
+        "timings": {"perceptual_time_s": time.time() - started},
+        "perceptual": record,
+    }
 
 
-def needs_refresh(run_dir: Path, cfg: RunConfig, weights_dir: Path | str | None = None) -> bool:
+def needs_refresh(record, cfg: RunConfig, weights_dir: Path | str | None = None) -> bool:
     """Whether a finished image run must be re-evaluated for its perceptual metrics: they were
     never computed, the ``perceptual`` settings changed, or a weights file that was missing is
-    now present. When True, the run's ``config.json`` gets the current ``perceptual`` section.
+    now present. Reads only (the runner records the new settings in ``config.json``).
+
+    Args:
+        record: the run (:class:`benchmark.store.RunRecord`).
+        cfg: the run's config as planned now (its ``perceptual`` section is the wanted one).
+        weights_dir: extra folder searched for weights (``--weights-dir``).
     """
-    if not (cfg.perceptual.enabled and _applies_to_name(cfg.task.name)):
+    if not applies(cfg):
         return False
-    run_dir = Path(run_dir)
-    metrics = read_json(run_dir / "metrics.json", {}) or {}
-    record = metrics.get("perceptual")
-    stale = record is None or record.get("settings") != to_dict(cfg.perceptual)
-    if not stale:
-        for group, file in METRIC_WEIGHTS.items():
-            entry = record.get(group) or {}
-            if entry.get("status") == "unavailable" and find_weights(file, weights_dir):
-                stale = True
-    if stale:
-        info = read_json(run_dir / "config.json")
-        info["config"]["perceptual"] = to_dict(cfg.perceptual)
-        atomic_write_json(run_dir / "config.json", info)
-    return stale
+    stage = record.perceptual
+    if not stage or stage.get("settings") != to_dict(cfg.perceptual):
+        return True
+    for group, file in METRIC_WEIGHTS.items():
+        entry = stage.get(group) or {}
+        if entry.get("status") == "unavailable" and find_weights(file, weights_dir):
+            return True
+    return False
 
 
 def unavailable_notes(
@@ -292,7 +284,7 @@ def unavailable_notes(
     reasons: dict[str, None] = {}
     how: dict[str, None] = {}
     for run_dir in run_dirs:
-        record = (read_json(Path(run_dir) / "metrics.json", {}) or {}).get("perceptual") or {}
+        record = RunRecord(run_dir).perceptual
         for group in groups:
             entry = record.get(group) or {}
             label = {"lpips": "LPIPS", "fid": "FID", "table2": "Table 2 IS/FID"}[group]

@@ -21,8 +21,15 @@ from typing import Any
 from benchmark.config import RunConfig, config_hash, resolve_config, to_dict
 from benchmark.perceptual_eval import needs_refresh
 from benchmark.preempt import RunJob, run_is_locked
-from benchmark.registry import get_method, get_task
-from benchmark.store import atomic_write_json, read_json, read_status, run_dir_for, write_status
+from benchmark.registry import get_method, get_task, plugin_modules
+from benchmark.store import (
+    RunRecord,
+    atomic_write_json,
+    read_json,
+    read_status,
+    run_dir_for,
+    write_status,
+)
 
 __all__ = ["PlannedRun", "execute_plan", "plan_runs", "prepare_runs"]
 
@@ -76,14 +83,7 @@ def _plan_one(
             cls.teacher_method, task, seed, preset, overrides, results_dir, runs, False
         )
         cfg.teacher = teacher.run_hash
-    # label table rows only with the overrides that matter to this method
-    sections = cls.config_sections + (("audio_net",) if "net" in cls.config_sections else ())
-    cfg.overrides = tuple(
-        o
-        for o in cfg.overrides
-        if "." not in o.split("=")[0] or o.split("=")[0].split(".")[0] in sections
-    )
-    run_hash = config_hash(cfg, cls.config_sections)
+    run_hash = config_hash(cfg)
     run_dir = run_dir_for(results_dir, task, method, run_hash)
     if run_dir in runs:
         runs[run_dir].requested |= requested
@@ -145,12 +145,18 @@ def prepare_runs(
                     "hash": run.run_hash,
                     "sections": list(cls.config_sections),
                     "teacher_dir": str(run.teacher.run_dir) if run.teacher else None,
+                    "plugins": plugin_modules(),
                     "config": to_dict(run.config),
                 },
             )
         state = run.state
-        if state == "done" and not needs_refresh(run.run_dir, run.config, weights_dir):
-            continue
+        if state == "done":
+            if not needs_refresh(RunRecord(run.run_dir), run.config, weights_dir):
+                continue
+            # re-evaluate (no retraining) with the perceptual settings planned now
+            info = read_json(run.run_dir / "config.json")
+            info["config"]["perceptual"] = to_dict(run.config.perceptual)
+            atomic_write_json(run.run_dir / "config.json", info)
         if state in ("failed", "diverged") and not retry_failed:
             continue
         if run_is_locked(run.run_dir):  # being executed by another invocation right now
@@ -211,10 +217,9 @@ def _finish_message(run: PlannedRun, started: float) -> str:
     state = status["state"]
     elapsed = time.time() - started
     if state == "done":
-        metrics = read_json(run.run_dir / "metrics.json", {})
-        shown = ", ".join(
-            f"{k}={v:.4g}" for k, v in metrics.items() if k in ("psnr", "ssim", "si_sdr", "si_sdri")
-        )
+        metrics = RunRecord(run.run_dir).metric_values()
+        task_metrics = get_task(run.config.task.name).metrics
+        shown = ", ".join(f"{k}={metrics[k]:.4g}" for k in task_metrics if k in metrics)
         return f"  done     {run.label:<28} {elapsed:7.1f}s  {shown}"
     return f"  {state:<8} {run.label:<28} {elapsed:7.1f}s  {status.get('error', '')}"
 

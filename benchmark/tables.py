@@ -17,7 +17,7 @@ import pandas as pd
 from benchmark.audio_tables import AUDIO_LAYOUTS, render_audio_task
 from benchmark.perceptual_eval import unavailable_notes
 from benchmark.registry import get_method, get_task
-from benchmark.store import iter_run_dirs, read_json, read_status
+from benchmark.store import RunRecord, iter_run_dirs, read_json, read_status
 
 __all__ = ["METHOD_ORDER", "collect_results", "paper_numbers", "render_table", "summarize"]
 
@@ -64,17 +64,10 @@ def collect_results(results_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         run_rows.append({**key, "state": state, "run_dir": str(run_dir)})
         if state != "done":
             continue
-        metrics = read_json(run_dir / "metrics.json", {})
-        n_mix = metrics.get("n_mixtures")
-        for metric, value in metrics.items():
-            if metric.endswith(("_time_s", "_std_over_mixtures")) or metric in (
-                "n_mixtures",
-                "final_loss",
-            ):
-                continue
-            if value is None or isinstance(value, (dict, list, str)):
-                continue  # None: not computed (reason in the "perceptual" record)
-            score_rows.append({**key, "metric": metric, "value": float(value), "n_mixtures": n_mix})
+        record = RunRecord(run_dir)
+        n_mix = record.counts.get("n_mixtures")
+        for metric, value in record.metric_values().items():
+            score_rows.append({**key, "metric": metric, "value": value, "n_mixtures": n_mix})
     scores = pd.DataFrame(
         score_rows,
         columns=["task", "preset", "method", "variant", "seed", "metric", "value", "n_mixtures"],

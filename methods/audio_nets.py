@@ -30,16 +30,77 @@ Shapes: waveforms ``(B, T)`` (mixtures) and ``(B, K, T)`` (sources) in the sum c
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from benchmark.config import AudioNetConfig
+from benchmark.config import ConfigError, param, register_section
 from methods.flow import project_zero_sum
 from methods.models import mixture_consistency
 
-__all__ = ["ConvTasNet", "TFFlowNet", "mel_band_edges"]
+__all__ = ["AudioNetConfig", "ConvTasNet", "TFFlowNet", "mel_band_edges"]
+
+
+@dataclass
+class AudioNetConfig:
+    """Audio network sizes (SURF Appendix D.3, D.5), the ``audio_net`` section of every run on
+    an audio task (in place of the image tasks' ``net``; presets: ``methods/audio_nets.yaml``).
+
+    Conv-TasNet (Luo and Mesgarani 2019; the MixIT teacher and the regression methods' network),
+    in the paper's notation; defaults are its best configuration (Table II: N = 512, L = 16,
+    B = 128, H = 512, P = 3, X = 8, R = 3):
+
+    Attributes:
+        tasnet_n: N, encoder filters.
+        tasnet_l: L, encoder filter length in samples (stride L / 2; must be even).
+        tasnet_b: B, bottleneck (and skip) channels of the TCN.
+        tasnet_h: H, channels inside a convolutional block.
+        tasnet_p: P, depthwise kernel size.
+        tasnet_x: X, blocks per repeat (dilations 1 .. 2^(X-1)).
+        tasnet_r: R, repeats.
+        flow_frame_ms: STFT frame length in ms of the time-frequency flow network (SURF
+            Table 7: 20 ms).
+        flow_hop_ms: STFT hop in ms (Table 7: 10 ms overlap of 20 ms frames).
+        flow_compression: magnitude compression exponent (Table 7: 0.33).
+        flow_bands: mel bands of the band-split front-end (Table 7: 80).
+        flow_dim: feature embedding dimension (Table 7: 192 for Libri2Mix; Table 8: 384 for
+            AudioSet, used for ``fuss`` and ``libri_fuss``).
+        flow_blocks: number of blocks (Tables 7, 8: 6).
+        flow_heads: attention heads.
+        flow_time_kernel: kernel of the convolutional FFN along time (Table 7 BSJA: 5).
+    """
+
+    tasnet_n: int = param(512, ge=1)
+    tasnet_l: int = param(16, ge=2)
+    tasnet_b: int = param(128, ge=1)
+    tasnet_h: int = param(512, ge=1)
+    tasnet_p: int = param(3, ge=1)
+    tasnet_x: int = param(8, ge=1)
+    tasnet_r: int = param(3, ge=1)
+    flow_frame_ms: float = param(20.0, gt=0.0, finite=True)
+    flow_hop_ms: float = param(10.0, gt=0.0, finite=True)
+    flow_compression: float = param(0.33, gt=0.0, finite=True)
+    flow_bands: int = param(80, ge=1)
+    flow_dim: int = param(192, ge=1)
+    flow_blocks: int = param(6, ge=1)
+    flow_heads: int = param(4, ge=1)
+    flow_time_kernel: int = param(5, ge=1)
+
+    def validate(self) -> None:
+        """Conv-TasNet's encoder stride is L / 2, so L must be even.
+
+        Raises:
+            ConfigError: an odd ``tasnet_l``.
+        """
+        if self.tasnet_l % 2:
+            raise ConfigError(
+                f"audio_net.tasnet_l (L) must be even (encoder stride L/2), got {self.tasnet_l}"
+            )
+
+
+register_section("audio_net", AudioNetConfig, modality="audio")
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,7 +342,7 @@ class TFFlowNet(nn.Module):
     Args:
         sample_rate: Hz (sets the 20 ms / 10 ms STFT in samples).
         num_sources: K (the network itself works for any K; recorded for checks).
-        cfg: sizes (``flow_*`` fields of :class:`benchmark.config.AudioNetConfig`).
+        cfg: sizes (``flow_*`` fields of :class:`AudioNetConfig`).
         conditional: time conditioning on (flow models); off for a regression use.
     """
 

@@ -28,9 +28,18 @@ class Method(ABC):
         unsupervised: trains from mixtures alone.
         generative: samples from a learned distribution (flow / diffusion).
         teacher_method: name of the method whose trained run this one starts from (``"mixit"``
-            for the remixing methods), or None.
-        config_sections: the :class:`RunConfig` sections that define this method's runs; only
-            these enter the run's hash.
+            for the remixing methods), or None. The teacher's address enters this method's
+            run hash.
+        config_schema: the config sections this method owns, by name: dataclasses whose
+            defaults are the paper's values, with their checks declared by
+            :func:`benchmark.config.param` (e.g. ``{"mixit": MixITConfig}``). Their preset
+            values live in the YAML file beside the module (``methods/mixit.yaml``).
+        config_sections: the sections that define this method's runs (its own and those it
+            reads, e.g. SURF reads its teacher's ``mixit``); only these enter the run's hash.
+            ``"net"`` stands for the network section of the task's modality (``net`` for
+            images, ``audio_net`` for audio).
+        presets_file: the YAML file of preset values, relative to the module (default: the
+            module's own name with ``.yaml``, when that file exists).
         reference_only: not a trainable method (the ``mixture`` reference row).
     """
 
@@ -39,8 +48,20 @@ class Method(ABC):
     unsupervised: ClassVar[bool] = True
     generative: ClassVar[bool] = False
     teacher_method: ClassVar[str | None] = None
+    config_schema: ClassVar[dict[str, type]] = {}
     config_sections: ClassVar[tuple[str, ...]] = ("task", "train", "net", "eval")
+    presets_file: ClassVar[str | None] = None
     reference_only: ClassVar[bool] = False
+
+    @classmethod
+    def check_config(cls, config: RunConfig) -> None:
+        """Checks that involve several sections (e.g. MixCycle pairs the batch, so
+        ``train.batch_size`` must be even); called once per resolved config, before any job.
+
+        Raises:
+            benchmark.config.ConfigError: naming the setting and the fix.
+        """
+        del config  # nothing to check by default
 
     def __init__(self, config: RunConfig, task: Task, device: torch.device) -> None:
         self.config = config

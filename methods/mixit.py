@@ -22,16 +22,65 @@ a teacher.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
+from benchmark.config import ConfigError, param
 from benchmark.registry import register_method
 from methods.base import Method, make_optimizer, optimize
 from methods.losses import covariance_loss, signal_loss, sparsity_loss
 from methods.mixit_assignment import mixit_loss, reduce_to_k
 from methods.model_factory import build_separator
 
-__all__ = ["MixIT"]
+__all__ = ["MixIT", "MixITConfig"]
+
+
+@dataclass
+class MixITConfig:
+    """MixIT settings (Wisdom et al. 2020; sparse/efficient MixIT 2021), section ``mixit``.
+
+    Attributes:
+        num_outputs: M separator outputs (4).
+        loss: ``"mse"`` squared error (SURF D.4) or ``"snr"`` thresholded SNR (eq. 2).
+        snr_max: SNR_max in dB for ``loss="snr"``.
+        single_source_prob: probability that a reference mixture holds one image instead of K
+            (0.5: mixtures of mixtures hold 2/3/4 images at 25/50/25 %, SURF D.4).
+        assignment: how the mixing matrix is found: ``"exhaustive"`` search over all N^M
+            binary matrices (eq. 1) or ``"efficient"`` least squares projected to the nearest
+            binary matrix (eq. 3).
+        sparsity: source-sparsity loss added to the MixIT loss: ``"none"``, ``"l1"`` (C_l1,
+            eq. 5) or ``"l1_l2"`` (C_l1/l2, eq. 6).
+        sparsity_weight: its weight (the paper's Table 1 uses 8 / 23 / 64 for M = 4 / 8 / 16).
+        covariance_weight: weight of the covariance loss C_cov (eq. 7); 0 disables it.
+    """
+
+    num_outputs: int = param(4, ge=2)
+    loss: str = param("mse", choices=("mse", "snr"))
+    snr_max: float = 30.0
+    single_source_prob: float = param(0.5, ge=0.0, le=1.0)
+    assignment: str = param("exhaustive", choices=("exhaustive", "efficient"), omit_at_default=True)
+    sparsity: str = param("none", choices=("none", "l1", "l1_l2"), omit_at_default=True)
+    sparsity_weight: float = param(0.0, ge=0.0, finite=True, omit_at_default=True)
+    covariance_weight: float = param(0.0, ge=0.0, finite=True, omit_at_default=True)
+
+    def validate(self) -> None:
+        """Cross-field rules of the efficient-assignment and sparsity options.
+
+        Raises:
+            ConfigError: an exhaustive search too large, or a sparsity weight without a loss.
+        """
+        if self.assignment == "exhaustive" and 2**self.num_outputs > 65536:
+            raise ConfigError(
+                f"mixit.assignment=exhaustive searches N^M matrices, too many for "
+                f"mixit.num_outputs={self.num_outputs}: set mixit.assignment=efficient"
+            )
+        if self.sparsity == "none" and self.sparsity_weight > 0:
+            raise ConfigError(
+                f"mixit.sparsity_weight={self.sparsity_weight} has no effect with "
+                "mixit.sparsity=none: also set mixit.sparsity=l1 or mixit.sparsity=l1_l2"
+            )
 
 
 @register_method
@@ -41,6 +90,7 @@ class MixIT(Method):
 
     name = "mixit"
     display_name = "MixIT"
+    config_schema = {"mixit": MixITConfig}
     config_sections = ("task", "train", "net", "mixit", "eval")
 
     def setup(self, teacher: Method | None) -> None:

@@ -29,18 +29,13 @@ __all__ = [
     "build_separator",
     "flow_loss_kind",
     "is_audio",
-    "modality",
 ]
 
 
-def modality(task: Task) -> str:
-    """``"audio"`` or ``"image"`` (tasks without a ``modality`` attribute are images)."""
-    return getattr(task, "modality", "image")
-
-
 def is_audio(task: Task) -> bool:
-    """True for audio tasks (waveforms ``(T,)``, ``task.sample_rate`` in Hz)."""
-    return modality(task) == "audio"
+    """True for audio tasks (``Task.modality``, the one answer: waveforms ``(T,)``,
+    ``task.sample_rate`` in Hz)."""
+    return task.modality == "audio"
 
 
 def _sample_rate(task: Task) -> int:

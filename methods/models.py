@@ -18,7 +18,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from benchmark.config import NetConfig
 from methods.flow import project_zero_sum
 from methods.networks import NCSNppUNet, UNetConfig
 
@@ -46,7 +45,8 @@ def mixture_consistency(estimates: Tensor, mixture: Tensor) -> Tensor:
     return estimates + residual[:, None] / estimates.shape[1]
 
 
-def _unet_config(cfg: NetConfig) -> UNetConfig:
+def _unet_config(cfg: UNetConfig) -> UNetConfig:
+    """The U-Net size as the network takes it (tuples; the run config's ``net`` section)."""
     return UNetConfig(
         nf=cfg.nf,
         ch_mult=tuple(cfg.ch_mult),
@@ -76,7 +76,7 @@ class RegressionSeparator(nn.Module):
     """
 
     def __init__(
-        self, sample_shape: tuple[int, ...], num_outputs: int, num_sources: int, net: NetConfig
+        self, sample_shape: tuple[int, ...], num_outputs: int, num_sources: int, net: UNetConfig
     ) -> None:
         super().__init__()
         channels, size = _check_image(sample_shape)
@@ -106,7 +106,7 @@ class FlowVelocityNet(nn.Module):
         net: U-Net size.
     """
 
-    def __init__(self, sample_shape: tuple[int, ...], num_sources: int, net: NetConfig) -> None:
+    def __init__(self, sample_shape: tuple[int, ...], num_sources: int, net: UNetConfig) -> None:
         super().__init__()
         channels, size = _check_image(sample_shape)
         self.num_sources = num_sources

@@ -85,6 +85,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from benchmark.config import register_section
+
 __all__ = ["UNetConfig", "NCSNppUNet", "count_parameters"]
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
@@ -113,6 +115,10 @@ class UNetConfig:
     attn_resolutions: tuple[int, ...] = (16, 8)
     dropout: float = 0.1
     fourier_scale: float = 16.0
+
+
+# the ``net`` config section of every run on an image task (presets: methods/networks.yaml)
+register_section("net", UNetConfig, modality="image")
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,10 +21,12 @@ EMA update is well defined.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from benchmark.config import param
 from benchmark.registry import register_method
 from methods.base import Method, make_optimizer, optimize
 from methods.ema import ema_update, make_ema_copy
@@ -32,7 +34,19 @@ from methods.mixit_assignment import reduce_to_k
 from methods.pit import apply_permutation, invert_permutation, pit_permutation
 from methods.remix import Remix, remix, sum_to_mixtures, unshuffle
 
-__all__ = ["ReMixIT", "SelfRemixing", "remixit_loss", "self_remixing_loss"]
+__all__ = ["RemixConfig", "ReMixIT", "SelfRemixing", "remixit_loss", "self_remixing_loss"]
+
+
+@dataclass
+class RemixConfig:
+    """ReMixIT / Self-Remixing settings (SURF §2.3), section ``remix``.
+
+    Attributes:
+        ema_decay: alpha of the EMA teacher update ``theta_T <- alpha theta_T + (1 - alpha)
+            theta``, in [0, 1].
+    """
+
+    ema_decay: float = param(0.999, ge=0.0, le=1.0)
 
 
 def remixit_loss(student: Tensor, remixed: Remix, upsilon: Tensor) -> Tensor:
@@ -74,7 +88,8 @@ class _Remixing(Method):
     """Shared training loop of the two regression remixing baselines."""
 
     teacher_method = "mixit"
-    config_sections = ("task", "train", "net", "mixit", "remix", "eval", "teacher")
+    config_schema = {"remix": RemixConfig}
+    config_sections = ("task", "train", "net", "mixit", "remix", "eval")
 
     def setup(self, teacher: Method | None) -> None:
         if teacher is None or not hasattr(teacher, "model"):

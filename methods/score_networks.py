@@ -30,12 +30,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from benchmark.config import AudioNetConfig, NetConfig
-from methods.audio_nets import _FourierTime, _GlobalLayerNorm, _TCNBlock
+from benchmark.registry import Registry
+from methods.audio_nets import AudioNetConfig, _FourierTime, _GlobalLayerNorm, _TCNBlock
 from methods.models import _check_image, _unet_config
-from methods.networks import NCSNppUNet
+from methods.networks import NCSNppUNet, UNetConfig
 
 __all__ = [
+    "SCORE_NETWORKS",
     "ImageScoreNet",
     "WaveformScoreNet",
     "build_score_network",
@@ -44,26 +45,26 @@ __all__ = [
     "score_network_kinds",
 ]
 
-#: ``(sample_shape, size config) -> module``; the size config is ``NetConfig`` for images and
+#: ``(sample_shape, size config) -> module``; the size config is ``UNetConfig`` for images and
 #: ``AudioNetConfig`` for waveforms.
-ScoreNetBuilder = Callable[[tuple[int, ...], NetConfig | AudioNetConfig], nn.Module]
-_BUILDERS: dict[str, ScoreNetBuilder] = {}
+ScoreNetBuilder = Callable[[tuple[int, ...], UNetConfig | AudioNetConfig], nn.Module]
+#: sample kind (:func:`sample_kind`) -> score network class (an ``nn.Module``)
+SCORE_NETWORKS: Registry[ScoreNetBuilder] = Registry("score network", "torch.nn:Module")
 
 
 def register_score_network(kind: str) -> Callable[[ScoreNetBuilder], ScoreNetBuilder]:
-    """Decorator: register a builder ``(sample_shape, net_config) -> nn.Module`` whose module
-    maps ``(x: (N, *D), sigma: (N,))`` to ``(N, *D)`` scores, for samples of ``kind``."""
+    """Decorator: register an ``nn.Module`` class built as ``cls(sample_shape, net_config)``
+    that maps ``(x: (N, *D), sigma: (N,))`` to ``(N, *D)`` scores, for samples of ``kind``."""
 
     def wrap(builder: ScoreNetBuilder) -> ScoreNetBuilder:
-        _BUILDERS[kind] = builder
-        return builder
+        return SCORE_NETWORKS.add(kind, builder)
 
     return wrap
 
 
 def score_network_kinds() -> list[str]:
     """Kinds of samples with a registered score network."""
-    return sorted(_BUILDERS)
+    return SCORE_NETWORKS.names()
 
 
 def sample_kind(sample_shape: tuple[int, ...]) -> str:
@@ -72,23 +73,23 @@ def sample_kind(sample_shape: tuple[int, ...]) -> str:
 
 
 def build_score_network(
-    sample_shape: tuple[int, ...], net: NetConfig | AudioNetConfig, kind: str | None = None
+    sample_shape: tuple[int, ...], net: UNetConfig | AudioNetConfig, kind: str | None = None
 ) -> nn.Module:
     """The score network for samples of ``sample_shape`` (kind from :func:`sample_kind`), sized
-    by ``net`` (``NetConfig`` for images, ``AudioNetConfig`` for waveforms).
+    by ``net`` (``UNetConfig`` for images, ``AudioNetConfig`` for waveforms).
 
     Raises:
         ValueError: no score network is registered for that kind (the message lists the
             registered kinds and how to add one).
     """
     kind = kind or sample_kind(sample_shape)
-    if kind not in _BUILDERS:
+    if kind not in SCORE_NETWORKS:
         raise ValueError(
             f"no score network for {kind!r} samples of shape {tuple(sample_shape)}; registered "
             f"kinds: {score_network_kinds()}. Add one with "
             "@methods.score_networks.register_score_network(kind)."
         )
-    return _BUILDERS[kind](tuple(sample_shape), net)
+    return SCORE_NETWORKS.get(kind)(tuple(sample_shape), net)
 
 
 @register_score_network("image")
@@ -97,14 +98,14 @@ class ImageScoreNet(nn.Module):
 
     Args:
         sample_shape: ``(C, H, W)``, square.
-        net: U-Net size (:class:`benchmark.config.NetConfig`).
+        net: U-Net size (:class:`methods.networks.UNetConfig`).
 
     Shapes:
         ``forward(x: (N, C, H, W), sigma: (N,) or float) -> (N, C, H, W)``, the score in data
         units (the U-Net sees the centred input ``2 x - 1``, as every network of the harness).
     """
 
-    def __init__(self, sample_shape: tuple[int, ...], net: NetConfig) -> None:
+    def __init__(self, sample_shape: tuple[int, ...], net: UNetConfig) -> None:
         super().__init__()
         channels, size = _check_image(sample_shape)
         self.unet = NCSNppUNet(channels, channels, size, _unet_config(net), conditional=True)

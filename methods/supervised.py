@@ -19,16 +19,36 @@ M = K outputs; it is evaluated directly (no EMA).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
+from benchmark.config import param
 from benchmark.registry import register_method
 from methods.base import Method, make_optimizer, optimize
 from methods.losses import pairwise_log_mse
 from methods.model_factory import build_separator
 from methods.pit import pit_from_pairwise
 
-__all__ = ["SupervisedRegression", "supervised_pit_loss"]
+__all__ = ["SupervisedConfig", "SupervisedRegression", "supervised_pit_loss"]
+
+
+@dataclass
+class SupervisedConfig:
+    """Supervised regression reference (``supervised``; SURF §5.1), section ``supervised``.
+
+    Trained on clean sources with the log-SNR PIT loss (SURF eq. 3) with the per-source loss
+    ``l(x, x_hat) = 10 log10(||x - x_hat||^2 + tau ||x||^2)`` (:func:`methods.losses.log_mse`).
+
+    Attributes:
+        snr_max: ``SNR_max`` in dB (> 0) of the soft threshold ``tau = 10^(-SNR_max / 10)`` (30
+            dB, the usual choice, as ``mixit.snr_max``): errors more than ``SNR_max`` dB below
+            the reference's energy stop counting. ``inf`` gives ``tau = 0``, the literal §5.1
+            loss ``10 log10 ||x - x_hat||^2``.
+    """
+
+    snr_max: float = param(30.0, gt=0.0)
 
 
 def supervised_pit_loss(
@@ -59,6 +79,7 @@ class SupervisedRegression(Method):
     name = "supervised"
     display_name = "Supervised Regression"
     unsupervised = False
+    config_schema = {"supervised": SupervisedConfig}
     config_sections = ("task", "train", "net", "supervised", "eval")
 
     def setup(self, teacher: Method | None) -> None:

@@ -32,10 +32,12 @@ teacher by default) with the ``eval.euler_steps``-step Euler solver from the eq.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from benchmark.config import ConfigError, param
 from benchmark.registry import register_method
 from methods.base import Method, make_optimizer, optimize
 from methods.ema import beta_schedule, ema_update, make_ema_copy
@@ -53,7 +55,67 @@ from methods.models import transfer_matching_weights
 from methods.pit import apply_permutation, invert_permutation, pit_permutation
 from methods.remix import remix, sum_to_mixtures, unshuffle
 
-__all__ = ["SurfRM", "SurfSR", "reduce_flow_error", "rm_fm_loss", "sr_fm_loss"]
+__all__ = ["SurfConfig", "SurfRM", "SurfSR", "reduce_flow_error", "rm_fm_loss", "sr_fm_loss"]
+
+
+@dataclass
+class SurfConfig:
+    """SURF settings (SURF §3, Algorithm 1, Appendix D.3), section ``surf``; also read by
+    supervised flow matching (:mod:`methods.floss`).
+
+    Attributes:
+        ema_decay: alpha of the EMA teacher, ``theta_T <- alpha theta_T + (1 - alpha) theta``,
+            in [0, 1].
+        beta: hybrid-teacher threshold: ``"linear"`` for the paper's schedule (1 -> 0 over
+            ``beta_decay_steps``), or a constant in [0, 1] as a string or number (Table 9).
+        beta_decay_steps: iterations of the linear beta decay (200k in the paper).
+        euler_steps: Euler steps of the teacher sampler (5).
+        noise_scale: sigma of the initial state's Gaussian (eq. 4 uses 1).
+        noise_reference: ``"absolute"`` (sigma = ``noise_scale`` in data units) or
+            ``"mixture_rms"`` (sigma = ``noise_scale * rms(m) / sqrt(K)`` per mixture, for audio
+            corpora at file amplitude; :func:`methods.flow.noise_sigma`).
+        t_sampling: ``"batch"`` (one t per iteration, as Algorithm 2 line 11 and Code Listing 1)
+            or ``"sample"`` (one t per mixture).
+        init_from_mixit: initialise student and EMA teacher from the MixIT network's
+            shape-matching weights (everything but the input/output convolutions and the time
+            embedding, which the regression network does not have). Image tasks only: on audio
+            the MixIT network (Conv-TasNet) and the flow network share no layer, and the
+            transfer is skipped with a logged note.
+        flow_loss: reduction of the flow-matching residual: ``"mse"`` (mean squared error, SURF
+            Code Listing 1), ``"log_mse"`` (the log of the velocity squared error per mixture,
+            ``10 log10(mean(R^2) + 1e-8)`` averaged over mixtures, SURF D.5 following Scheibler
+            et al. 2025), or ``"auto"``: ``log_mse`` on audio tasks, ``mse`` on images.
+    """
+
+    ema_decay: float = param(0.999, ge=0.0, le=1.0)
+    beta: str = "linear"
+    beta_decay_steps: int = param(200_000, ge=1)
+    euler_steps: int = param(5, ge=1)
+    noise_scale: float = param(1.0, gt=0.0, finite=True)
+    noise_reference: str = param(
+        "absolute", choices=("absolute", "mixture_rms"), omit_at_default=True
+    )
+    t_sampling: str = param("batch", choices=("batch", "sample"))
+    init_from_mixit: bool = True
+    flow_loss: str = param("auto", choices=("auto", "mse", "log_mse"), omit_at_default=True)
+
+    def validate(self) -> None:
+        """``beta`` is ``"linear"`` or a number in [0, 1].
+
+        Raises:
+            ConfigError: any other value.
+        """
+        if self.beta == "linear":
+            return
+        try:
+            beta = float(self.beta)
+        except ValueError:
+            raise ConfigError(
+                f"surf.beta must be 'linear' or a number in [0, 1], got {self.beta!r}"
+            ) from None
+        if not 0.0 <= beta <= 1.0:
+            raise ConfigError(f"surf.beta must be in [0, 1], got {beta}")
+
 
 log = logging.getLogger("benchmark")
 
@@ -120,7 +182,8 @@ class _Surf(Method):
 
     generative = True
     teacher_method = "mixit"
-    config_sections = ("task", "train", "net", "mixit", "surf", "eval", "teacher")
+    config_schema = {"surf": SurfConfig}
+    config_sections = ("task", "train", "net", "mixit", "surf", "eval")
 
     def setup(self, teacher: Method | None) -> None:
         if teacher is None or not hasattr(teacher, "model"):

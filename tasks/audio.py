@@ -28,6 +28,7 @@ requires (padding then holds a tiny constant, minus the clip's DC offset over th
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
@@ -38,6 +39,7 @@ import soundfile as sf
 import torch
 from torch import Tensor
 
+from benchmark.config import ConfigError, TaskConfig, param
 from benchmark.registry import register_task
 from tasks.audio_metrics import map_items, score_audio_mixture
 from tasks.base import DatasetNotFoundError, EvalSet, Task
@@ -45,6 +47,7 @@ from tasks.base import DatasetNotFoundError, EvalSet, Task
 __all__ = [
     "AudioDataError",
     "AudioTask",
+    "AudioTaskConfig",
     "FsddMixTask",
     "fit_length",
     "load_fsdd",
@@ -113,6 +116,53 @@ def standardize(audio: np.ndarray) -> np.ndarray:
     return audio / np.where(std > 0, std, 1.0)
 
 
+@dataclass
+class AudioTaskConfig(TaskConfig):
+    """The ``task`` section of the audio tasks: :class:`benchmark.config.TaskConfig` plus the
+    settings below (left out of run hashes while at their defaults, so adding them changed no
+    existing address).
+
+    Attributes:
+        sample_rate: Hz; 0 = the task's native rate (``fsdd2mix`` 8,000; ``libri2mix``,
+            ``fuss``, ``libri_fuss`` 16,000).
+        segment_s: training segment length in seconds; 0 = the task's default (``fsdd2mix``
+            1.0, ``libri2mix`` 3.0, ``fuss`` and ``libri_fuss`` 10.0).
+        eval_segment_s: evaluation segment length in seconds; 0 = the task's default
+            (full-length ``libri2mix`` test mixtures; the others as ``segment_s``).
+        librimix_mode: ``"min"`` or ``"max"`` (LibriMix's ``wav*/{min,max}`` folders).
+        train_split: training split; "" = the task's default (``libri2mix`` ``train-360``,
+            ``fuss`` ``train``).
+        eval_split: evaluation split; "" = the task's default (``libri2mix`` ``test``,
+            ``fuss`` ``eval``).
+        snr_low_db: lower end of the speech-to-background SNR range of ``libri_fuss`` (dB).
+        snr_high_db: upper end of that range (dB); SNRs are uniform in (low, high).
+        si_sdr_zero_mean: remove the mean of reference and estimate before SI-SDR (the
+            zero-mean variant); False = SURF D.2's formula as written.
+    """
+
+    sample_rate: int = param(0, ge=0, omit_at_default=True)
+    segment_s: float = param(0.0, ge=0.0, finite=True, omit_at_default=True)
+    eval_segment_s: float = param(0.0, ge=0.0, finite=True, omit_at_default=True)
+    librimix_mode: str = param("min", choices=("min", "max"), omit_at_default=True)
+    train_split: str = param("", omit_at_default=True)
+    eval_split: str = param("", omit_at_default=True)
+    snr_low_db: float = param(-5.0, finite=True, omit_at_default=True)
+    snr_high_db: float = param(15.0, finite=True, omit_at_default=True)
+    si_sdr_zero_mean: bool = param(False, omit_at_default=True)
+
+    def validate(self) -> None:
+        """The SNR range must not be empty.
+
+        Raises:
+            ConfigError: ``snr_low_db >= snr_high_db``.
+        """
+        if not self.snr_low_db < self.snr_high_db:
+            raise ConfigError(
+                f"task.snr_low_db must be below task.snr_high_db, got {self.snr_low_db} and "
+                f"{self.snr_high_db}"
+            )
+
+
 class AudioTask(Task):
     """Base of the audio tasks (module docstring: shapes, sum convention, reference row).
 
@@ -121,6 +171,7 @@ class AudioTask(Task):
     """
 
     modality: ClassVar[str] = "audio"
+    config_class: ClassVar[type[TaskConfig]] = AudioTaskConfig
     native_rate: ClassVar[int]
     default_segment_s: ClassVar[float]
     #: metric families of :func:`tasks.audio_metrics.score_audio_mixture` this task reports
@@ -190,17 +241,20 @@ class AudioTask(Task):
         frame.insert(0, "mixture", np.arange(len(rows)))
         return frame
 
-    def summarize(self, scores: pd.DataFrame) -> dict[str, Any]:
-        """The SI-SDR variant used and, where PESQ is scored, the number of failed items."""
-        info: dict[str, Any] = {
+    def summarize(self, scores: pd.DataFrame) -> dict[str, dict[str, Any]]:
+        """The SI-SDR variant and sample rate used (``settings``) and, where PESQ/ESTOI are
+        scored, the number of sources and mixtures they failed on (``counts``; NaN items are
+        left out of the means)."""
+        counts: dict[str, Any] = {}
+        for metric in ("pesq", "estoi"):
+            if f"{metric}_failed" in scores:
+                counts[f"{metric}_failed"] = int(scores[f"{metric}_failed"].sum())
+                counts[f"{metric}_failed_items"] = int((scores[f"{metric}_failed"] > 0).sum())
+        settings = {
             "si_sdr_zero_mean": bool(self.config.si_sdr_zero_mean),
             "sample_rate": self.sample_rate,
         }
-        for metric in ("pesq", "estoi"):
-            if f"{metric}_failed" in scores:  # sources, and mixtures with NaN (left out of means)
-                info[f"{metric}_failed"] = int(scores[f"{metric}_failed"].sum())
-                info[f"{metric}_failed_items"] = int((scores[f"{metric}_failed"] > 0).sum())
-        return info
+        return {"counts": counts, "settings": settings}
 
 
 # --------------------------------------------------------------------------------------------

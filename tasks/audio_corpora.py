@@ -450,9 +450,25 @@ class FussTask(AudioTask):
         frame.insert(0, "mixture", np.arange(len(frame)))
         return frame
 
-    def summarize(self, scores: pd.DataFrame) -> dict[str, Any]:
-        """The pooled FUSS numbers (they replace the per-mixture means in ``metrics.json``)."""
-        return {"sample_rate": self.sample_rate, **fuss_summary(scores)}
+    def summarize(self, scores: pd.DataFrame) -> dict[str, dict[str, Any]]:
+        """The pooled FUSS numbers (:func:`tasks.fuss_metrics.fuss_summary`): they replace the
+        per-mixture means in ``metrics.json`` (``metrics``), with their std (``spread``) and
+        number of pooled sources and skipped examples (``counts``)."""
+        pooled = fuss_summary(scores)
+        metrics, spread, counts = {}, {}, {"fuss_skipped": pooled.pop("fuss_skipped")}
+        for key, value in pooled.items():
+            if key.endswith("_std"):
+                spread[key[: -len("_std")]] = value
+            elif key.endswith("_n"):
+                counts[key] = value
+            else:
+                metrics[key] = value
+        return {
+            "metrics": metrics,
+            "spread": spread,
+            "counts": counts,
+            "settings": {"sample_rate": self.sample_rate},
+        }
 
 
 # --------------------------------------------------------------------------------------------

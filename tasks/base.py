@@ -14,7 +14,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pandas as pd
 import torch
@@ -52,8 +52,25 @@ class Task(ABC):
     display_name: ClassVar[str]
     #: metric columns in table order, with the direction of "better"
     metrics: ClassVar[dict[str, str]]
-    #: ``"image"`` (sources ``(C, H, W)``) or ``"audio"`` (sources ``(T,)``, see tasks/audio.py)
+    #: ``"image"`` (sources ``(C, H, W)``) or ``"audio"`` (sources ``(T,)``, see tasks/audio.py);
+    #: the one answer to "image or audio" (it picks the network section and family)
     modality: ClassVar[str] = "image"
+    #: the class of this task's ``task`` config section (a :class:`TaskConfig` subclass may add
+    #: fields, e.g. the audio tasks' sample rate and segment lengths)
+    config_class: ClassVar[type[TaskConfig]] = TaskConfig
+    #: further config sections this task adds to every run on it (e.g. ``perceptual``)
+    config_schema: ClassVar[dict[str, type]] = {}
+    #: preset YAML file relative to the module (default: the module's name with ``.yaml``)
+    presets_file: ClassVar[str | None] = None
+
+    @classmethod
+    def check_config(cls, config: Any) -> None:
+        """Checks of a resolved run config that concern this task (called before any job).
+
+        Raises:
+            benchmark.config.ConfigError: naming the setting and the fix.
+        """
+        del config  # nothing to check by default
 
     def __init__(self, config: TaskConfig, data_root: Path) -> None:
         self.config = config
@@ -101,9 +118,16 @@ class Task(ABC):
     def score(self, estimates: Tensor, sources: Tensor, mixtures: Tensor) -> pd.DataFrame:
         """Per-mixture scores, one row per mixture, one column per metric (plus ``mixture``)."""
 
-    def summarize(self, scores: pd.DataFrame) -> dict[str, object]:
-        """Extra entries for ``metrics.json`` beside the metric means (e.g. failure counts,
-        metric settings); none by default."""
+    def summarize(self, scores: pd.DataFrame) -> dict[str, dict[str, object]]:
+        """Entries for the sections of ``metrics.json`` beyond the per-mixture means of
+        :attr:`metrics` (which the job computes): ``{"metrics": {...}, "spread": {...},
+        "counts": {...}, "settings": {...}}``, any of them optional. A metric given here
+        replaces the job's mean (e.g. FUSS's pooled scores). None by default.
+
+        Args:
+            scores: the frame :meth:`score` returned.
+        """
+        del scores
         return {}
 
     def mixture_estimate(self, mixtures: Tensor) -> Tensor:

@@ -38,6 +38,7 @@ from torch import Tensor
 from benchmark.registry import register_task
 from tasks.base import DatasetNotFoundError, EvalSet, Task
 from tasks.image_metrics import image_separation_scores
+from tasks.perceptual import PerceptualConfig
 
 __all__ = ["Cifar10Task", "ImageTask", "MnistTask", "load_images"]
 
@@ -169,6 +170,8 @@ class ImageTask(Task):
 
     dataset: ClassVar[str]
     metrics: ClassVar[dict[str, str]] = {"psnr": "max", "ssim": "max"}
+    #: LPIPS, FID and IS are computed for every run on an image task
+    config_schema: ClassVar[dict[str, type]] = {"perceptual": PerceptualConfig}
 
     def __init__(self, config, data_root) -> None:
         super().__init__(config, data_root)

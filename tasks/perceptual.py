@@ -26,6 +26,7 @@ cache, ``torch.hub.get_dir()``: ``$TORCH_HOME/hub``, default ``~/.cache/torch/hu
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from benchmark.config import param
+
 __all__ = [
     "ALEXNET_FILE",
     "INCEPTION_FILE",
     "InceptionFeatures",
+    "PerceptualConfig",
     "WeightsMissing",
     "find_weights",
     "frechet_distance",
@@ -55,6 +59,33 @@ ALEXNET_URL = "https://download.pytorch.org/models/" + ALEXNET_FILE
 INCEPTION_URL = (
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + INCEPTION_FILE
 )
+
+
+@dataclass
+class PerceptualConfig:
+    """Perceptual image metrics (SURF Tables 1 and 2), section ``perceptual`` of every run on an
+    image task (``tasks.images.ImageTask.config_schema``; presets: ``tasks/perceptual.yaml``).
+
+    Evaluation-only: this section is in no method's ``config_sections``, so it never changes a
+    run's results-store address; the values used are recorded in ``metrics.json`` next to the
+    numbers, and ``run`` re-evaluates a finished run (no retraining) when they change.
+
+    Attributes:
+        enabled: compute LPIPS, FID and IS on image tasks.
+        fid_reference_images: clean test images in the FID reference set (all 10,000 of the
+            test split in ``paper``; a random subset drawn with the task seed when smaller);
+            FID needs at least 2.
+        table2_mixtures: extra mixtures separated for SURF Table 2 (IS and FID of their
+            ``K x table2_mixtures`` separated images; 25,000 in the paper); 0 skips Table 2.
+        isc_splits: Inception Score splits (10, the standard; reduced to the image count).
+        batch_size: images per LPIPS / Inception forward pass.
+    """
+
+    enabled: bool = True
+    fid_reference_images: int = param(10_000, ge=2)
+    table2_mixtures: int = param(25_000, ge=0)
+    isc_splits: int = param(10, ge=1)
+    batch_size: int = param(200, ge=1)
 
 
 class WeightsMissing(FileNotFoundError):

@@ -4,8 +4,6 @@ built from real FSDD speech; their error reports; an end-to-end ``mixture`` refe
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,8 +12,8 @@ import torch
 from audio_fixtures import make_fuss, make_libri2mix, make_librispeech
 
 from benchmark.cli import main
-from benchmark.config import TaskConfig
-from tasks.audio import AudioDataError
+from benchmark.store import RunRecord
+from tasks.audio import AudioDataError, AudioTaskConfig
 from tasks.audio_corpora import FussTask, Libri2MixTask, LibriFussTask
 from tasks.audio_metrics import si_sdr
 from tasks.base import DatasetNotFoundError
@@ -33,7 +31,7 @@ def libri_root(tmp_path_factory, data_root):
 
 
 def _libri_task(root, **kw):
-    cfg = TaskConfig(name="libri2mix", sample_rate=8000, segment_s=1.0, eval_mixtures=10, **kw)
+    cfg = AudioTaskConfig(name="libri2mix", sample_rate=8000, segment_s=1.0, eval_mixtures=10, **kw)
     return Libri2MixTask(cfg, root)
 
 
@@ -81,7 +79,7 @@ def test_libri2mix_eval_full_length_padded_and_scored_on_true_length(libri_root)
 
 
 def test_libri2mix_missing_dataset_names_layout(tmp_path):
-    task = Libri2MixTask(TaskConfig(name="libri2mix"), tmp_path)
+    task = Libri2MixTask(AudioTaskConfig(name="libri2mix"), tmp_path)
     with pytest.raises(DatasetNotFoundError) as info:
         task.sample_mixtures(2, torch.Generator().manual_seed(0))
     message = str(info.value)
@@ -123,7 +121,7 @@ def fuss_root(tmp_path_factory, data_root):
 
 
 def test_fuss_sources_padded_to_four_and_mixtures_only_for_training(fuss_root):
-    task = FussTask(TaskConfig(name="fuss", eval_mixtures=10, segment_s=1.0), fuss_root)
+    task = FussTask(AudioTaskConfig(name="fuss", eval_mixtures=10, segment_s=1.0), fuss_root)
     assert task.num_sources == 4 and task.sample_shape == (16_000,)
     assert task.sample_mixtures(2, torch.Generator().manual_seed(0)).shape == (2, 16_000)
     assert task.sample_mixit_references(2, torch.Generator().manual_seed(0)).shape == (
@@ -139,27 +137,29 @@ def test_fuss_sources_padded_to_four_and_mixtures_only_for_training(fuss_root):
 
 
 def test_fuss_scores_and_pooled_summary(fuss_root):
-    task = FussTask(TaskConfig(name="fuss", eval_mixtures=10), fuss_root)
+    task = FussTask(AudioTaskConfig(name="fuss", eval_mixtures=10), fuss_root)
     data = task.eval_set()
     scores = task.score(data.sources.flip(1), data.sources, data.mixtures)
     summary = task.summarize(scores)
-    assert summary["fuss_1s"] == pytest.approx(80.0, abs=1e-3)  # perfect: the +80 dB bound
-    assert summary["fuss_msi_n"] == 5 and summary["equal"] == 1.0
-    assert set(task.metrics) <= set(summary)
+    metrics = summary["metrics"]
+    assert metrics["fuss_1s"] == pytest.approx(80.0, abs=1e-3)  # perfect: the +80 dB bound
+    assert summary["counts"]["fuss_msi_n"] == 5 and metrics["equal"] == 1.0
+    assert set(task.metrics) <= set(metrics)
+    assert set(summary["spread"]) == {"fuss_1s", "fuss_2si", "fuss_3si", "fuss_4si", "fuss_msi"}
     mixture_scores = task.summarize(
         task.score(task.mixture_estimate(data.mixtures), data.sources, data.mixtures)
-    )
+    )["metrics"]
     assert mixture_scores["fuss_msi"] == pytest.approx(0.0, abs=1e-6)
     assert mixture_scores["over"] == 1.0  # 4 active outputs for 1-3 sources
 
 
 def test_fuss_list_errors_named(tmp_path, data_root):
     with pytest.raises(DatasetNotFoundError, match=r"fuss_dev/ssdata/train_example_list\.txt"):
-        FussTask(TaskConfig(name="fuss"), tmp_path).sample_mixtures(1, torch.Generator())
+        FussTask(AudioTaskConfig(name="fuss"), tmp_path).sample_mixtures(1, torch.Generator())
     folder = make_fuss(tmp_path, data_root, counts=(("train", 2),))
     (folder / "train" / "example00001_sources" / "foreground0_sound.wav").unlink()
     with pytest.raises(AudioDataError, match=r"line 2: file not found: .*foreground0_sound"):
-        FussTask(TaskConfig(name="fuss"), tmp_path).sample_mixtures(1, torch.Generator())
+        FussTask(AudioTaskConfig(name="fuss"), tmp_path).sample_mixtures(1, torch.Generator())
 
 
 # --------------------------------------------------------------------------------------------
@@ -177,7 +177,7 @@ def libri_fuss_root(tmp_path_factory, data_root):
 
 
 def test_libri_fuss_eval_snr_range_peak_and_seed(libri_fuss_root):
-    cfg = TaskConfig(name="libri_fuss", eval_mixtures=10)
+    cfg = AudioTaskConfig(name="libri_fuss", eval_mixtures=10)
     data = LibriFussTask(cfg, libri_fuss_root).eval_set()
     assert data.sources.shape == (2, 2, 160_000)  # one mixture per FUSS eval background
     speech, back = data.sources[:, 0].double(), data.sources[:, 1].double()
@@ -185,13 +185,13 @@ def test_libri_fuss_eval_snr_range_peak_and_seed(libri_fuss_root):
     assert bool(((snr > -5) & (snr < 15)).all())
     torch.testing.assert_close(data.mixtures.abs().amax(-1), torch.full((2,), 0.9))
     again = LibriFussTask(cfg, libri_fuss_root).eval_set()
-    other = LibriFussTask(TaskConfig(name="libri_fuss", seed=9), libri_fuss_root).eval_set()
+    other = LibriFussTask(AudioTaskConfig(name="libri_fuss", seed=9), libri_fuss_root).eval_set()
     assert torch.equal(again.mixtures, data.mixtures)
     assert not torch.equal(other.mixtures, data.mixtures)
 
 
 def test_libri_fuss_scores_speech_only_and_trains_on_mixtures(libri_fuss_root):
-    task = LibriFussTask(TaskConfig(name="libri_fuss", segment_s=1.0), libri_fuss_root)
+    task = LibriFussTask(AudioTaskConfig(name="libri_fuss", segment_s=1.0), libri_fuss_root)
     assert task.sample_mixtures(2, torch.Generator().manual_seed(0)).shape == (2, 16_000)
     pair = task.sample_sources(2, torch.Generator().manual_seed(0))
     torch.testing.assert_close(
@@ -208,7 +208,7 @@ def test_libri_fuss_scores_speech_only_and_trains_on_mixtures(libri_fuss_root):
 
 def test_libri_fuss_missing_librispeech_named(tmp_path, data_root):
     make_fuss(tmp_path, data_root, counts=(("train", 1),))
-    task = LibriFussTask(TaskConfig(name="libri_fuss"), tmp_path)
+    task = LibriFussTask(AudioTaskConfig(name="libri_fuss"), tmp_path)
     with pytest.raises(DatasetNotFoundError, match=r"LibriSpeech/train-clean-100/<spk>"):
         task.sample_mixtures(1, torch.Generator())
     with pytest.raises(DatasetNotFoundError, match=r"LibriSpeech/test-clean/<spk>"):
@@ -227,8 +227,10 @@ def test_mixture_reference_run_end_to_end(libri_root, tmp_path):
     argv += ["--data-root", str(libri_root), "--set", "task.sample_rate=8000", "task.segment_s=1"]
     assert main(argv) == 0
     (run_dir,) = (results / "runs" / "libri2mix" / "mixture").iterdir()
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["si_sdri"] == 0.0 and metrics["n_mixtures"] == 3
-    assert metrics["si_sdr_zero_mean"] is False and metrics["pesq_failed"] == 0
+    record = RunRecord(run_dir)
+    assert record.metrics_record["schema_version"] == 2
+    assert record.metric_values()["si_sdri"] == 0.0 and record.counts["n_mixtures"] == 3
+    assert record.metrics_record["settings"]["si_sdr_zero_mean"] is False
+    assert record.counts["pesq_failed"] == 0
     scores = pd.read_parquet(run_dir / "scores.parquet")
     assert len(scores) == 3 and {"si_sdr", "pesq", "estoi", "dnsmos"} <= set(scores.columns)

@@ -7,15 +7,28 @@ import pytest
 import soundfile as sf
 import torch
 
-from benchmark.config import TaskConfig, config_hash, identity_dict, resolve_config
+from benchmark.config import (
+    ConfigError,
+    config_hash,
+    identity_dict,
+    parse_overrides,
+    resolve_config,
+)
 from benchmark.registry import get_task
-from tasks.audio import AudioDataError, FsddMixTask, fit_length, load_fsdd, standardize
+from tasks.audio import (
+    AudioDataError,
+    AudioTaskConfig,
+    FsddMixTask,
+    fit_length,
+    load_fsdd,
+    standardize,
+)
 from tasks.base import DatasetNotFoundError
 
 
 @pytest.fixture(scope="module")
 def fsdd(data_root):
-    return FsddMixTask(TaskConfig(name="fsdd2mix", eval_mixtures=24), data_root)
+    return FsddMixTask(AudioTaskConfig(name="fsdd2mix", eval_mixtures=24), data_root)
 
 
 def test_registered_as_audio_task(fsdd):
@@ -94,8 +107,10 @@ def test_mixit_references_hold_one_or_two_distinct_speakers(fsdd):
 
 def test_eval_set_from_test_split_fixed_by_task_seed(fsdd, data_root):
     a = fsdd.eval_set()
-    b = FsddMixTask(TaskConfig(name="fsdd2mix", eval_mixtures=24), data_root).eval_set()
-    c = FsddMixTask(TaskConfig(name="fsdd2mix", eval_mixtures=24, seed=5), data_root).eval_set()
+    b = FsddMixTask(AudioTaskConfig(name="fsdd2mix", eval_mixtures=24), data_root).eval_set()
+    c = FsddMixTask(
+        AudioTaskConfig(name="fsdd2mix", eval_mixtures=24, seed=5), data_root
+    ).eval_set()
     assert a.sources.shape == (24, 2, 8000) and a.mixtures.shape == (24, 8000)
     assert torch.equal(a.mixtures, b.mixtures) and not torch.equal(a.mixtures, c.mixtures)
     torch.testing.assert_close(a.mixtures, a.sources.sum(1))
@@ -117,8 +132,8 @@ def test_mixture_reference_scores_zero_si_sdri(fsdd):
     assert len(scores) == 24 and (scores["si_sdri"] == 0).all()
     assert set(fsdd.metrics) <= set(scores.columns)
     info = fsdd.summarize(scores)
-    assert info["si_sdr_zero_mean"] is False and info["sample_rate"] == 8000
-    assert info["pesq_failed"] == int(scores["pesq_failed"].sum())
+    assert info["settings"] == {"si_sdr_zero_mean": False, "sample_rate": 8000}
+    assert info["counts"]["pesq_failed"] == int(scores["pesq_failed"].sum())
 
 
 def test_missing_fsdd_names_layout(tmp_path):
@@ -141,15 +156,22 @@ def test_wrong_rate_and_corrupt_file_named(tmp_path):
 
 
 def test_audio_config_fields_leave_image_hashes_alone():
-    """Audio task fields at their defaults are not part of a run's identity; changed, they are."""
+    """Audio task fields belong to the audio tasks' section (``AudioTaskConfig``): image runs do
+    not have them (a --set of one is refused), and on audio runs they are part of the identity
+    only when changed from their defaults."""
     cfg = resolve_config("mixit", "mnist", 0, "smoke")
     sections = ("task", "train", "net", "mixit", "eval")
-    base = config_hash(cfg, sections)
     assert set(identity_dict(cfg, sections)["task"]) == {
         "name",
         "num_sources",
         "seed",
         "eval_mixtures",
     }
-    cfg.task.si_sdr_zero_mean = True
-    assert config_hash(cfg, sections) != base
+    with pytest.raises(ConfigError, match=r"task\.si_sdr_zero_mean"):
+        resolve_config("mixit", "mnist", 0, "smoke", parse_overrides(["task.si_sdr_zero_mean=1"]))
+    audio = resolve_config("mixit", "fsdd2mix", 0, "smoke")
+    base = config_hash(audio)
+    assert set(identity_dict(audio)["task"]) == {"name", "num_sources", "seed", "eval_mixtures"}
+    audio.task.si_sdr_zero_mean = True
+    assert config_hash(audio) != base
+    assert identity_dict(audio)["task"]["si_sdr_zero_mean"] is True

@@ -14,8 +14,7 @@ from pystoi import stoi
 from speechmos import dnsmos
 from torchaudio.functional import resample
 
-from benchmark.config import TaskConfig
-from tasks.audio import FsddMixTask, load_fsdd
+from tasks.audio import AudioTaskConfig, FsddMixTask, load_fsdd
 from tasks.audio_metrics import (
     dnsmos_ovrl,
     estoi,
@@ -137,7 +136,7 @@ def test_parallel_evaluator_equals_serial(speech):
 
 
 def test_task_score_with_workers_equals_serial(data_root):
-    task = FsddMixTask(TaskConfig(name="fsdd2mix", eval_mixtures=6), data_root)
+    task = FsddMixTask(AudioTaskConfig(name="fsdd2mix", eval_mixtures=6), data_root)
     data = task.eval_set()
     est = data.sources.flip(1) + 0.3 * torch.randn(
         data.sources.shape, generator=torch.Generator().manual_seed(0)

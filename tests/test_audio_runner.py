@@ -9,7 +9,7 @@ import pandas as pd
 from helpers import smoke_argv
 
 from benchmark.cli import main
-from benchmark.store import iter_run_dirs, read_json, read_status
+from benchmark.store import RunRecord, iter_run_dirs, read_json, read_status
 
 ALL_METHODS = "mixit,mixpit,mixcycle,remixit,self_remixing,surf_rm,surf_sr,supervised,floss,basis"
 
@@ -32,16 +32,16 @@ def test_every_method_runs_on_fsdd2mix(data_root, results_dir, capsys):
     assert set(runs) == {"mixture", *ALL_METHODS.split(",")}
     for method, run in runs.items():
         assert read_status(run)["state"] == "done", (method, read_status(run))
-        metrics = read_json(run / "metrics.json")
-        assert metrics["n_mixtures"] == 32
-        assert -60.0 < metrics["si_sdri"] < 60.0, method
+        record = RunRecord(run)
+        assert record.counts["n_mixtures"] == 32
+        assert -60.0 < record.metric_values()["si_sdri"] < 60.0, method
         scores = pd.read_parquet(run / "scores.parquet")
         assert len(scores) == 32 and {"si_sdr", "si_sdri", "pesq"} <= set(scores.columns)
         config = read_json(run / "config.json")["config"]
         if method != "mixture":
             # audio runs record the audio network sizes used (Conv-TasNet / flow network)
             assert config["audio_net"]["tasnet_x"] == 2 and config["audio_net"]["flow_dim"] == 16
-    assert read_json(runs["mixture"] / "metrics.json")["si_sdri"] == 0.0
+    assert RunRecord(runs["mixture"]).metric_values()["si_sdri"] == 0.0
     log = (runs["surf_sr"] / "log.txt").read_text()
     assert "init_from_mixit: skipped on audio" in log
     curve = pd.read_csv(runs["surf_sr"] / "curve.csv")

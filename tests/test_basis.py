@@ -13,9 +13,9 @@ import torch
 from helpers import TinyImages
 
 from benchmark.cli import main
-from benchmark.config import PRESETS, ConfigError, identity_dict, resolve_config
+from benchmark.config import ConfigError, identity_dict, resolve_config
 from benchmark.registry import get_method, get_task, method_names
-from benchmark.store import iter_run_dirs, read_json, read_status
+from benchmark.store import RunRecord, iter_run_dirs, read_json, read_status
 from benchmark.tables import render_table
 from methods.basis import Basis
 from methods.langevin import (
@@ -278,7 +278,7 @@ def test_config_presets_and_flags() -> None:
     paper = resolve_config("basis", "mnist", 0, "paper").basis
     assert (paper.sigma_begin, paper.sigma_end, paper.num_levels) == (1.0, 0.01, 10)
     assert (paper.steps_per_level, paper.epsilon, paper.recon_weight) == (100, 3e-5, 1.0)
-    assert PRESETS["smoke"]["methods"]["basis"]["basis.steps_per_level"] < 100
+    assert resolve_config("basis", "mnist", 0, "smoke").basis.steps_per_level < 100
     assert resolve_config("basis", "mnist", 0, "cpu").basis.steps_per_level < 100
     for bad in ["basis.sigma_end=2", "basis.steps_per_level=0", "basis.epsilon=-1"]:
         key, value = bad.split("=")
@@ -367,8 +367,9 @@ def test_basis_end_to_end(task, data_root, results_dir, capsys) -> None:
     assert set(runs) == {"mixture", "basis"}  # no teacher planned
     run = runs["basis"]
     assert read_status(run)["state"] == "done"
-    metrics = read_json(run / "metrics.json")
-    assert metrics["n_mixtures"] == 32
+    record = RunRecord(run)
+    metrics = record.metric_values()
+    assert record.counts["n_mixtures"] == 32
     assert 0.0 < metrics["psnr"] < 60.0 and -1.0 <= metrics["ssim"] <= 1.0
     assert len(pd.read_parquet(run / "scores.parquet")) == 32
     assert pd.read_csv(run / "curve.csv")["step"].tolist() == [2, 4, 6]

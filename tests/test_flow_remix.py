@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark.config import NetConfig
 from methods.flow import (
     clean_estimate,
     euler_sample,
@@ -19,6 +18,7 @@ from methods.flow import (
     target_velocity,
 )
 from methods.models import FlowVelocityNet, RegressionSeparator, mixture_consistency
+from methods.networks import UNetConfig as NetConfig
 from methods.remix import remix, sum_to_mixtures, unshuffle
 
 TINY = NetConfig(nf=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0)

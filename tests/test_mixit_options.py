@@ -11,7 +11,6 @@ import torch
 
 from benchmark.config import (
     ConfigError,
-    MixITConfig,
     config_hash,
     identity_dict,
     parse_overrides,
@@ -25,7 +24,7 @@ from methods.losses import (
     sparsity_loss,
     squared_error,
 )
-from methods.mixit import MixIT
+from methods.mixit import MixIT, MixITConfig
 from methods.mixit_assignment import efficient_assignment, mixit_loss
 from tasks.images import MnistTask
 

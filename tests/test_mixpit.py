@@ -16,7 +16,7 @@ from helpers import smoke_argv
 from benchmark.cli import main
 from benchmark.config import ConfigError, config_hash, resolve_config
 from benchmark.registry import get_method
-from benchmark.store import iter_run_dirs, read_json, read_status
+from benchmark.store import RunRecord, iter_run_dirs, read_json, read_status
 from methods.losses import negative_thresholded_snr, squared_error
 from methods.mixpit import (
     MixCycle,
@@ -374,10 +374,11 @@ def test_mixpit_and_mixcycle_end_to_end(task, data_root, results_dir, capsys):
     for method in ("mixpit", "mixcycle"):
         run = runs[method]
         assert read_status(run)["state"] == "done", read_status(run)
-        metrics = read_json(run / "metrics.json")
-        assert metrics["n_mixtures"] == 32
+        record = RunRecord(run)
+        metrics = record.metric_values()
+        assert record.counts["n_mixtures"] == 32
         assert 0.0 < metrics["psnr"] < 60.0 and -1.0 <= metrics["ssim"] <= 1.0
-        assert math.isfinite(metrics["final_loss"])
+        assert math.isfinite(record.metrics_record["training"]["final_loss"])
         assert read_json(run / "config.json")["teacher_dir"] is None
         curve = pd.read_csv(run / "curve.csv")
         assert curve["step"].tolist() == [2, 4, 6]

@@ -5,7 +5,6 @@ the CPU at 299x299, so the image sets are tiny."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import torch
 import torchvision
 
 from benchmark.cli import main
+from benchmark.store import RunRecord
 from tasks.images import load_images
 from tasks.perceptual import (
     ALEXNET_FILE,
@@ -187,9 +187,10 @@ def test_without_weights_na_with_reason_then_placed_weights_fill_the_columns(
     results = tmp_path / "results"
     _run(results, data_root)
     run_dir = next((results / "runs" / "mnist" / "mixture").iterdir())
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    record = RunRecord(run_dir).metrics_record
+    metrics = record["metrics"]
     assert metrics["lpips"] is None and metrics["fid"] is None and metrics["table2_is"] is None
-    assert metrics["perceptual"]["fid"]["file"] == INCEPTION_FILE
+    assert record["perceptual"]["fid"]["file"] == INCEPTION_FILE
     table = _table(results, capsys)
     row = next(line for line in table.splitlines() if line.startswith("| Mixture"))
     assert row.count("n/a") == 2  # LPIPS and FID
@@ -206,9 +207,9 @@ def test_without_weights_na_with_reason_then_placed_weights_fill_the_columns(
     for name in (ALEXNET_FILE, INCEPTION_FILE):
         (hub / name).write_bytes((weights_dir / name).read_bytes())
     _run(results, data_root)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = RunRecord(run_dir).metric_values()
     assert metrics["lpips"] > 0 and metrics["fid"] > 0 and metrics["table2_is"] > 1 - 1e-9
-    record = metrics["perceptual"]
+    record = RunRecord(run_dir).perceptual
     assert record["fid"]["n_images"] == 8 and record["fid"]["n_reference"] == 4
     assert record["table2"]["n_images"] == 4 and record["table2"]["n_mixtures"] == 2
     assert "mnist test split" in record["fid"]["reference"]
@@ -240,23 +241,25 @@ def test_perceptual_settings_never_enter_a_run_hash():
 def test_finished_run_is_refreshed_only_when_needed(tmp_path, monkeypatch):
     from benchmark.config import resolve_config, to_dict
     from benchmark.perceptual_eval import needs_refresh
-    from benchmark.store import atomic_write_json, read_json
+    from benchmark.store import RunRecord, atomic_write_json
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     cfg = resolve_config("mixit", "mnist", 0, "smoke")
     run_dir = tmp_path / "run"
     atomic_write_json(run_dir / "config.json", {"config": to_dict(cfg)})
-    atomic_write_json(run_dir / "metrics.json", {"psnr": 20.0})
-    assert needs_refresh(run_dir, cfg)  # made before perceptual metrics existed
+    atomic_write_json(run_dir / "metrics.json", {"psnr": 20.0})  # a version-1 (flat) record
+    assert needs_refresh(RunRecord(run_dir), cfg)  # made before perceptual metrics existed
     missing = {"status": "unavailable", "reason": "r", "file": INCEPTION_FILE}
     record = {"settings": to_dict(cfg.perceptual), "lpips": {"status": "done"}, "fid": missing}
     atomic_write_json(run_dir / "metrics.json", {"psnr": 20.0, "perceptual": record})
-    assert not needs_refresh(run_dir, cfg)  # weights still missing: nothing to redo
+    assert not needs_refresh(RunRecord(run_dir), cfg)  # weights still missing: nothing to redo
     (tmp_path / "w").mkdir()
     (tmp_path / "w" / INCEPTION_FILE).write_bytes(b"x")
-    assert needs_refresh(run_dir, cfg, tmp_path / "w")  # placed since
+    assert needs_refresh(RunRecord(run_dir), cfg, tmp_path / "w")  # placed since
     changed = resolve_config("mixit", "mnist", 0, "smoke", [(None, "perceptual.isc_splits", "5")])
-    assert needs_refresh(run_dir, changed)  # settings changed: config.json follows
-    assert read_json(run_dir / "config.json")["config"]["perceptual"]["isc_splits"] == 5
+    assert needs_refresh(RunRecord(run_dir), changed)  # settings changed
+    before = (run_dir / "config.json").read_bytes()
+    assert needs_refresh(RunRecord(run_dir), changed)
+    assert (run_dir / "config.json").read_bytes() == before  # a question writes nothing
     disabled = resolve_config("mixit", "mnist", 0, "smoke", [(None, "perceptual.enabled", "0")])
-    assert not needs_refresh(run_dir, disabled)
+    assert not needs_refresh(RunRecord(run_dir), disabled)

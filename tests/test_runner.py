@@ -18,7 +18,7 @@ import torch
 from helpers import smoke_argv
 
 from benchmark.cli import main
-from benchmark.store import iter_run_dirs, read_json, read_status
+from benchmark.store import RunRecord, iter_run_dirs, read_json, read_status
 
 REPO = Path(__file__).resolve().parent.parent
 ALL_IMAGE_METHODS = "mixit,remixit,self_remixing,surf_rm,surf_sr"
@@ -50,12 +50,13 @@ def test_every_method_end_to_end(task, data_root, results_dir, capsys):
     for method in ["mixture", *ALL_IMAGE_METHODS.split(",")]:
         (run,) = _runs(results_dir, method)
         assert read_status(run)["state"] == "done", method
-        metrics = read_json(run / "metrics.json")
-        assert metrics["n_mixtures"] == 32
+        record = RunRecord(run)
+        metrics = record.metric_values()
+        assert record.counts["n_mixtures"] == 32
         assert 0.0 < metrics["psnr"] < 60.0 and -1.0 <= metrics["ssim"] <= 1.0
         scores = pd.read_parquet(run / "scores.parquet")
         assert list(scores.columns[:3]) == ["mixture", "psnr", "ssim"] and len(scores) == 32
-        meta = read_json(run / "meta.json")
+        meta = record.provenance
         assert meta["versions"]["torch"] == importlib.metadata.version("torch")
         assert "git_commit" in meta and meta["wall_time_s"] > 0
         if method != "mixture":
@@ -132,13 +133,13 @@ def test_failed_run_is_recorded_and_the_grid_goes_on(data_root, results_dir, cap
         "--task",
         "mnist",
         "--set",
-        "mixit.num_outputs=1",
+        "mixit:net.nf=2",
     )
     assert code == 1
     (mixit,) = _runs(results_dir, "mixit")
     status = read_status(mixit)
     assert status["state"] == "failed"
-    assert "cannot reduce M=1 outputs to K=2" in status["error"]
+    assert "GroupNorm" in status["error"]  # 2 channels cannot be normalised
     assert "Traceback" in status["traceback"]
     (remixit,) = _runs(results_dir, "remixit")
     assert read_status(remixit)["state"] == "failed"
@@ -155,7 +156,7 @@ def test_failed_run_is_recorded_and_the_grid_goes_on(data_root, results_dir, cap
         "--task",
         "mnist",
         "--set",
-        "mixit.num_outputs=1",
+        "mixit:net.nf=2",
     )
     assert "use --retry-failed" in capsys.readouterr().out
 
@@ -182,10 +183,12 @@ def test_nan_loss_marks_run_diverged(data_root, results_dir):
 
 
 def _final_metrics(run_dir: Path) -> dict:
+    record = RunRecord(run_dir)
+    metrics = record.metric_values()
     return {
-        k: v
-        for k, v in read_json(run_dir / "metrics.json").items()
-        if k in ("psnr", "ssim", "final_loss")
+        "psnr": metrics["psnr"],
+        "ssim": metrics["ssim"],
+        "final_loss": record.metrics_record["training"]["final_loss"],
     }
 
 

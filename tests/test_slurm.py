@@ -20,7 +20,7 @@ from helpers import smoke_argv
 
 from benchmark.cli import main
 from benchmark.slurm import queue_states
-from benchmark.store import iter_run_dirs, read_json, read_status
+from benchmark.store import RunRecord, iter_run_dirs, read_json, read_status
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO / "tests" / "slurm"
@@ -123,7 +123,8 @@ def test_grid_runs_as_one_array_with_dependent_stage(slurm_cluster, data_root, t
 
 
 def _metrics(run_dir: Path) -> dict:
-    return {k: read_json(run_dir / "metrics.json")[k] for k in ("psnr", "ssim", "final_loss")}
+    record = RunRecord(run_dir)
+    return {**record.metric_values(), **record.metrics_record["training"]}
 
 
 def test_requeued_job_resumes_from_checkpoint_with_identical_metrics(

@@ -14,9 +14,9 @@ from helpers import TinyImages
 
 import methods.surf
 from benchmark.cli import main
-from benchmark.config import PRESETS, ConfigError, config_hash, resolve_config
+from benchmark.config import ConfigError, config_hash, resolve_config
 from benchmark.registry import get_method
-from benchmark.store import iter_run_dirs, read_json, read_status
+from benchmark.store import RunRecord, iter_run_dirs, read_json, read_status
 from methods.floss import Floss
 from methods.losses import log_mse, negative_thresholded_snr, pairwise_log_mse
 from methods.supervised import SupervisedRegression, supervised_pit_loss
@@ -186,10 +186,17 @@ def test_supervised_regression_trains_on_clean_sources() -> None:
 
 
 def test_presets_and_config_section() -> None:
-    assert PRESETS["cpu"]["methods"]["supervised"] == {"train.steps": 1200}
-    assert PRESETS["cpu"]["methods"]["floss"] == {"train.steps": 800}
-    assert PRESETS["paper"]["methods"]["supervised"] == {"train.steps": 200_000}
-    assert PRESETS["paper"]["methods"]["floss"] == {"train.steps": 400_000}
+    steps = {
+        (m, p): resolve_config(m, "mnist", 0, p).train.steps
+        for m in ("supervised", "floss")
+        for p in ("cpu", "paper")
+    }
+    assert steps == {
+        ("supervised", "cpu"): 1200,
+        ("floss", "cpu"): 800,
+        ("supervised", "paper"): 200_000,
+        ("floss", "paper"): 400_000,
+    }
     cfg = resolve_config("supervised", "mnist", 0, "cpu")
     assert cfg.supervised.snr_max == 30.0 and cfg.train.steps == 1200
     sections = SupervisedRegression.config_sections
@@ -220,8 +227,9 @@ def test_supervised_and_floss_end_to_end(task, data_root, results_dir, capsys) -
     for method in ("supervised", "floss"):
         run = runs[method]
         assert read_status(run)["state"] == "done", method
-        metrics = read_json(run / "metrics.json")
-        assert metrics["n_mixtures"] == 32
+        record = RunRecord(run)
+        metrics = record.metric_values()
+        assert record.counts["n_mixtures"] == 32
         assert 0.0 < metrics["psnr"] < 60.0 and -1.0 <= metrics["ssim"] <= 1.0
         assert len(pd.read_parquet(run / "scores.parquet")) == 32
         assert pd.read_csv(run / "curve.csv")["step"].tolist() == [2, 4, 6]
