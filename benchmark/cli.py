@@ -41,6 +41,30 @@ def _seeds(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"--seeds takes integers like 0,1,2: {text!r}") from exc
 
 
+def resolve_preset(args: argparse.Namespace) -> str | None:
+    """The preset of ``run``/``ablate`` when ``--preset`` is not given: ``paper`` where jobs get
+    a GPU (CUDA here with ``--device auto``/``cuda``, or SLURM jobs with ``--slurm-gpus``),
+    else ``cpu``, so that a newcomer's first command finishes on a laptop. Sets
+    ``args.preset`` and returns the note for the start-up line (None when it was given)."""
+    if args.preset is not None:
+        return None
+    if args.executor == "slurm":
+        gpus = bool(getattr(args, "slurm_gpus_per_job", None))
+        args.preset = "paper" if gpus else "cpu"
+        return "default for SLURM jobs " + ("with GPUs" if gpus else "without --slurm-gpus")
+    if args.device.startswith("cuda"):
+        args.preset = "paper"
+        return "default with --device cuda"
+    if args.device == "auto":
+        import torch
+
+        if torch.cuda.is_available():
+            args.preset = "paper"
+            return "default on this CUDA machine"
+    args.preset = "cpu"
+    return "default without CUDA; --preset paper for the paper's scale"
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from benchmark.registry import METHODS, TASKS, method_names, task_names
 
@@ -76,6 +100,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if methods == ["all"]:
         methods = method_names()
     overrides = parse_overrides(args.set or [])
+    preset_note = resolve_preset(args)
     runs = plan_runs(methods, args.task, args.seeds, args.preset, overrides, args.results_dir)
     cluster = cluster_options_from_args(args)
     if args.dry_run:
@@ -97,8 +122,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     steps = ", ".join(
         f"{r.config.method}={r.config.train.steps}" for r in runs if r.config.method != "mixture"
     )
+    preset = args.preset + (f" ({preset_note})" if preset_note else "")
     print(
-        f"benchmark run: task={args.task} preset={args.preset} device={device_label} "
+        f"benchmark run: task={args.task} preset={preset} device={device_label} "
         f"executor={args.executor} | {len(runs)} runs ({len(runs) - len(todo)} finished, "
         f"{len(todo)} to run) | steps: {steps} | results: {args.results_dir}",
         flush=True,
@@ -195,9 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--task", required=True, help="task name (see `list`)")
     p_run.add_argument(
         "--preset",
-        default="paper",
-        choices=sorted(PRESETS),
-        help="scale of the run (default: paper)",
+        default=None,
+        choices=list(PRESETS),
+        help="scale of the run (default: paper where jobs get a GPU, else cpu; see `list`)",
     )
     p_run.add_argument("--seeds", type=_seeds, default=[0], help="comma-separated seeds")
     p_run.add_argument(

@@ -17,6 +17,7 @@ def _csv_list(text: str) -> list[str]:
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
     from benchmark.ablation import STUDIES, check_methods, parse_studies, plan_ablation
+    from benchmark.cli import resolve_preset
     from benchmark.runner import prepare_runs
     from benchmark.status import render_dry_run
     from benchmark.submit import cluster_options_from_args, execute_and_report
@@ -25,6 +26,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     methods = _csv_list(args.methods)
     check_methods(methods)
     overrides = parse_overrides(args.set or [])
+    preset_note = resolve_preset(args)
     cluster = cluster_options_from_args(args)
     points, runs = plan_ablation(
         studies, methods, args.task, args.seeds, args.preset, overrides, args.results_dir
@@ -32,7 +34,8 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     n_shared = sum(p.shared for p in points)
     print(
         f"benchmark ablate: studies={','.join(s.name for s in studies)} task={args.task} "
-        f"preset={args.preset} methods={','.join(methods)} seeds={args.seeds} "
+        f"preset={args.preset}{f' ({preset_note})' if preset_note else ''} "
+        f"methods={','.join(methods)} seeds={args.seeds} "
         f"executor={args.executor} | {len(points)} grid points, {len(runs)} distinct runs "
         f"(teachers and the mixture reference included), {n_shared} point(s) at the preset's "
         "own value = main-table runs",
@@ -76,7 +79,12 @@ def add_ablate_parser(sub, seeds_type, add_job_arguments) -> None:
     )
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="SURF variants")
     p.add_argument("--task", default=DEFAULT_TASK, help=f"task (default {DEFAULT_TASK})")
-    p.add_argument("--preset", default="paper", choices=sorted(PRESETS))
+    p.add_argument(
+        "--preset",
+        default=None,
+        choices=list(PRESETS),
+        help="default: paper where jobs get a GPU, else cpu (as `run`)",
+    )
     p.add_argument("--seeds", type=seeds_type, default=[0], help="comma-separated seeds")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="extra config overrides")
     # executor, folders, device, --weights-dir, --workers, --retry-failed, --dry-run, --wait,
