@@ -304,18 +304,27 @@ def stored_presets(results_dir: Path, task: str, methods: list[str]) -> list[str
     return _stored_presets(results_dir, task, methods)
 
 
-def check_methods(methods: list[str]) -> None:
-    """Ablations apply to the SURF variants (they read ``surf.*``).
+def check_methods(methods: list[str], studies: list[Study]) -> None:
+    """Every study must sweep a setting the methods' runs have: ``train.batch_size`` applies to
+    every method, ``surf.*`` to the methods with a ``surf`` section (the SURF variants, FLOSS,
+    or a plug-in that reads it).
 
     Raises:
-        benchmark.config.ConfigError: a method without a ``surf`` config section.
+        benchmark.config.ConfigError: a study whose section a method's runs do not have.
     """
     from benchmark.registry import get_method
 
+    shared = ("task", "train", "eval")
     for method in methods:
         cls = get_method(method)
-        if "surf" not in cls.config_sections or cls.teacher_method != "mixit":
-            raise ConfigError(
-                f"ablations sweep SURF's settings; {method!r} is not a SURF variant "
-                f"(use --methods {','.join(DEFAULT_METHODS)})"
-            )
+        sections = {*shared, *cls.config_sections, *getattr(cls, "config_schema", {})}
+        for study in studies:
+            section = study.key.split(".")[0]
+            if section not in sections:
+                usable = [s.name for s in STUDIES.values() if s.key.split(".")[0] in sections]
+                raise ConfigError(
+                    f"study {study.name!r} sweeps {study.key}, but {method!r} runs have no "
+                    f"{section!r} section (SURF Table 9 ablates --methods "
+                    f"{','.join(DEFAULT_METHODS)}); studies that apply to {method!r}: "
+                    f"{', '.join(usable) or 'none'}"
+                )

@@ -24,7 +24,7 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
 
     studies = parse_studies(args.study)
     methods = _csv_list(args.methods)
-    check_methods(methods)
+    check_methods(methods, studies)
     overrides = parse_overrides(args.set or [])
     preset_note = resolve_preset(args)
     cluster = cluster_options_from_args(args)

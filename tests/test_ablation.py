@@ -202,4 +202,6 @@ def test_bad_input_is_refused(tmp_path, capsys):
     assert main(["ablate", "--study", "lr", "--results-dir", str(tmp_path)]) == 2
     assert "valid studies: ema, batch, beta" in capsys.readouterr().err
     assert main(["ablate", "--study", "ema", "--methods", "mixit"]) == 2
-    assert "not a SURF variant" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "'mixit' runs have no 'surf' section" in err
+    assert "studies that apply to 'mixit': batch" in err
