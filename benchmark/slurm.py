@@ -15,7 +15,9 @@ submits the runs to do through ``submitit.AutoExecutor(cluster="slurm")``:
 - each job is a :class:`benchmark.preempt.RunJob` (submitit ``Checkpointable``): a time limit or
   preemption requeues it and it resumes from its checkpoint on disk;
 - ``run`` returns once everything is submitted; ``--wait`` polls the results store and
-  ``squeue`` until every submitted run is finished.
+  ``squeue`` until every submitted run is finished, or stopped resumably (``preempted``) with
+  its job gone from the queue: such a run is not failed; ``run`` (the same command) resubmits
+  it and it resumes from its checkpoint.
 
 The results store is the source of truth for a run's state (``status.json``); ``squeue`` adds
 the scheduler's view while a job is queued (no SLURM accounting/``sacct`` is needed).
@@ -35,6 +37,7 @@ from benchmark.store import FINISHED, atomic_write_json, read_json, read_status,
 
 __all__ = [
     "JOB_FILE",
+    "RESUMABLE",
     "ClusterOptions",
     "load_cluster_options",
     "make_slurm_executor",
@@ -287,16 +290,30 @@ def submit_runs(
     return submitted
 
 
+#: states a job records when it stops cleanly before finishing (a stop signal, Ctrl-C): the run
+#: can resume from its checkpoint, so a job that leaves the queue in this state did not fail
+RESUMABLE = ("preempted", "interrupted")
+
+
 def wait_for_runs(
     submitted: dict[Path, str], poll_s: float = 2.0, grace_polls: int = 3
 ) -> dict[str, int]:
-    """Block until every submitted run is finished (``done``/``failed``/``diverged``).
+    """Block until every submitted run is finished (``done``/``failed``/``diverged``) or its job
+    has left the queue.
 
-    A job that left the queue without recording a final state (killed by the scheduler for
-    memory, node failure) is marked ``failed`` after ``grace_polls`` polls.
+    A job that left the queue without recording a final state is handled after
+    ``grace_polls`` polls:
+
+    - the run is ``preempted`` or ``interrupted`` (the job checkpointed and stopped, but was not
+      requeued, or its requeued job never restarted: ``scancel``, SLURM refusing to start it,
+      ``max_requeues`` reached): the state is kept and a line says that ``run`` (the same
+      command) resubmits it; it resumes from its checkpoint;
+    - otherwise (``pending``/``running``: killed by the scheduler for memory, node failure, a
+      broken batch script) the run is marked ``failed``.
 
     Returns:
-        Count of final states, e.g. ``{"done": 4}``.
+        Count of the runs' states at the end, e.g. ``{"done": 4}`` or
+        ``{"done": 3, "preempted": 1}``.
     """
     missing: dict[Path, int] = {}
     pending = dict(submitted)
@@ -305,23 +322,33 @@ def wait_for_runs(
         for run_dir, job_id in list(pending.items()):
             status = read_status(run_dir)
             state = status["state"]
+            label = "/".join(Path(run_dir).parts[-3:-1])
             if state in FINISHED:
                 del pending[run_dir]
-                label = "/".join(Path(run_dir).parts[-3:-1])
                 error = status.get("error", "")
                 print(f"  {state:<8} {label:<24} job {job_id}  {error}", flush=True)
                 continue
             if queue is not None and job_id not in queue:
                 missing[run_dir] = missing.get(run_dir, 0) + 1
-                if missing[run_dir] > grace_polls:
-                    write_status(
-                        run_dir,
-                        "failed",
-                        job_id=job_id,
-                        error=f"SLURM job {job_id} left the queue without recording a status "
-                        f"(last state {state}); see its submitit log",
+                if missing[run_dir] <= grace_polls:
+                    continue
+                del pending[run_dir]
+                if state in RESUMABLE:
+                    step = status.get("step")
+                    at = f" at step {step}" if step is not None else ""
+                    print(
+                        f"  {state:<8} {label:<24} job {job_id} left the queue without being "
+                        f"requeued; not failed: `run` (the same command) resubmits it and it "
+                        f"resumes from its checkpoint{at}",
+                        flush=True,
                     )
-                    del pending[run_dir]
+                    continue
+                error = (
+                    f"SLURM job {job_id} left the queue without recording a status "
+                    f"(last state {state}); see its submitit log"
+                )
+                write_status(run_dir, "failed", job_id=job_id, error=error)
+                print(f"  {'failed':<8} {label:<24} job {job_id}  {error}", flush=True)
             else:
                 missing.pop(run_dir, None)
         if pending:

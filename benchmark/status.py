@@ -24,10 +24,22 @@ def _last_line(text: str | None) -> str:
     return lines[-1].strip() if lines else ""
 
 
-def status_rows(results_dir: Path) -> list[dict[str, str]]:
-    """One dict per run: task, method, seed, preset, hash, state, job_id, queue, error.
+def _resume_note(status: dict, cfg: dict, run_dir: Path) -> str:
+    """The note of a ``preempted`` run no job will pick up: what ``run`` will do with it."""
+    if not (run_dir / "checkpoint.pt").is_file():
+        return "not queued: `run` resubmits it (no checkpoint: it starts over)"
+    step, total = status.get("step"), cfg.get("train", {}).get("steps")
+    at = f" at step {step}" + (f"/{total}" if total else "") if step is not None else ""
+    return f"not queued: `run` resubmits it and it resumes from its checkpoint{at}"
 
-    ``queue`` is the SLURM state from ``squeue`` for queued jobs (``""`` otherwise).
+
+def status_rows(results_dir: Path) -> list[dict[str, str]]:
+    """One dict per run: task, method, seed, preset, hash, state, job_id, queue, error, note.
+
+    ``queue`` is the SLURM state from ``squeue`` for queued jobs (``"gone"`` for a SLURM job
+    of a pending/running/preempted run that left the queue, ``""`` otherwise). ``note`` is set
+    for a ``preempted`` run that no job will resume (not queued, not executing): the next
+    ``run`` resubmits it.
     """
     from benchmark.slurm import JOB_FILE, queue_states
 
@@ -37,6 +49,7 @@ def status_rows(results_dir: Path) -> list[dict[str, str]]:
         cfg = info.get("config", {})
         status = read_status(run_dir)
         job = read_json(run_dir / JOB_FILE, {})
+        preempted = status["state"] == "preempted"
         rows.append(
             {
                 "task": run_dir.parent.parent.name,
@@ -49,6 +62,7 @@ def status_rows(results_dir: Path) -> list[dict[str, str]]:
                 "scheduler": str(job.get("scheduler", "")),
                 "queue": "",
                 "error": _last_line(status.get("traceback") or status.get("error")),
+                "note": _resume_note(status, cfg, run_dir) if preempted else "",
                 "run_dir": str(run_dir),
             }
         )
@@ -57,19 +71,28 @@ def status_rows(results_dir: Path) -> list[dict[str, str]]:
     for row in rows:
         if row["scheduler"] == "slurm" and row["state"] in ACTIVE and queue is not None:
             row["queue"] = queue.get(row["job_id"], "gone")
-        if row["state"] == "running" and row["queue"] in ("", "gone"):
-            if not run_is_locked(Path(row["run_dir"])):
-                row["state"] = "stale"
+        # no job will pick the run up: not queued, and no process holds its lock
+        idle = (
+            row["state"] in ("running", "preempted")
+            and row["queue"] in ("", "gone")
+            and not run_is_locked(Path(row["run_dir"]))
+        )
+        if idle and row["state"] == "running":
+            row["state"] = "stale"
+        if not idle:
+            row["note"] = ""  # a queued (requeued) or executing job resumes it
     return rows
 
 
 def render_status(results_dir: Path) -> str:
-    """The ``status`` table (plain text, one line per run) and a count per state."""
+    """The ``status`` table (plain text, one line per run; the last column is the run's note or
+    the last line of its error), a count per state, and what ``run`` does with the runs no job
+    will resume."""
     rows = status_rows(results_dir)
     if not rows:
         return f"no runs under {Path(results_dir) / 'runs'}"
-    header = ("task", "method", "seed", "preset", "hash", "state", "job_id", "queue", "error")
-    table = [header] + [tuple(r[h] for h in header) for r in rows]
+    header = ("task", "method", "seed", "preset", "hash", "state", "job_id", "queue", "error/note")
+    table = [header] + [tuple(r[h] for h in header[:-1]) + (r["note"] or r["error"],) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
     lines = []
     for row in table:
@@ -80,6 +103,17 @@ def render_status(results_dir: Path) -> str:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
     lines.append("")
     lines.append(", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
+    idle = sum(bool(r["note"]) for r in rows)
+    if idle:
+        what = (
+            "it; it resumes from its checkpoint"
+            if idle == 1
+            else "them; they resume from their checkpoints"
+        )
+        lines.append(
+            f"{idle} preempted, not queued: `python -m benchmark run` with the same arguments "
+            f"resubmits {what}"
+        )
     return "\n".join(lines)
 
 

@@ -192,13 +192,26 @@ def execute_and_report(
 ) -> int:
     """:func:`execute_todo`, then print ``finished: <n> <state>, ...`` and ``table_command``.
 
+    Runs that stopped before finishing (``preempted``/``interrupted`` and no longer queued) are
+    listed as ``not finished``: the same command resubmits them and they resume from their
+    checkpoints.
+
     Returns:
         The exit code of ``run``/``ablate``: 0 when every run ended ``done`` or SLURM jobs were
-        submitted without ``--wait``; 1 when any run failed or diverged.
+        submitted without ``--wait``; 1 when any run failed, diverged or did not finish.
     """
+    from benchmark.store import FINISHED
+
     counts = execute_todo(todo, args, cluster)
     if counts is None:  # submitted to SLURM, not waiting
         return 0
-    summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    ended = {state: n for state, n in counts.items() if state in FINISHED}
+    summary = ", ".join(f"{n} {state}" for state, n in sorted(ended.items())) or "none"
+    stopped = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()) if s not in FINISHED)
+    if stopped:
+        summary += (
+            f"; not finished: {stopped} (run the same command again: it resumes them from "
+            "their checkpoints)"
+        )
     print(f"finished: {summary}. `{table_command}` shows the results.")
     return 0 if set(counts) <= {"done"} else 1
