@@ -21,9 +21,9 @@ prints ``error: <message>`` and exits 2; see :func:`benchmark.cli.main`).
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
+import pwd
 import stat
 from pathlib import Path
 
@@ -94,9 +94,10 @@ class CorruptRunsError(ValueError):
 
 
 def _user() -> str:
+    """The name of the real user (not $USER: a process may have changed its uid)."""
     try:
-        return getpass.getuser()
-    except (KeyError, OSError):
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
         return f"uid {os.getuid()}"
 
 
