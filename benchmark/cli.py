@@ -91,6 +91,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     import torch
 
+    from benchmark.checks import preflight
     from benchmark.registry import method_names
     from benchmark.runner import plan_runs, prepare_runs
     from benchmark.status import render_dry_run
@@ -103,9 +104,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     preset_note = resolve_preset(args)
     runs = plan_runs(methods, args.task, args.seeds, args.preset, overrides, args.results_dir)
     cluster = cluster_options_from_args(args)
+    # results folder, the runs' store files and the datasets, before anything is written
+    warnings = preflight(
+        runs, args.results_dir, args.data_root, args.retry_failed, dry_run=args.dry_run
+    )
     if args.dry_run:
         size = cluster.max_array_size if cluster else 0
         print(render_dry_run(runs, args.retry_failed, args.executor, size))
+        print_warnings(warnings)
         return 0
     todo = prepare_runs(runs, retry_failed=args.retry_failed, weights_dir=args.weights_dir)
     device = args.device
@@ -139,15 +145,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return execute_and_report(todo, args, cluster, f"python -m benchmark table --task {args.task}")
 
 
+def print_warnings(warnings: list[str]) -> None:
+    """Print ``warning: <line>`` on stderr for each (dry runs: what the real command would
+    refuse)."""
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr)
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
+    from benchmark.checks import check_results_dir
     from benchmark.status import render_status
 
+    check_results_dir(args.results_dir)
     print(render_status(args.results_dir))
     return 0
 
 
 def _cmd_table(args: argparse.Namespace) -> int:
+    from benchmark.checks import check_results_dir
     from benchmark.tables import render_table
+
+    check_results_dir(args.results_dir)
 
     if args.which == "table9":
         from benchmark.table9 import render_table9
@@ -272,14 +290,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: what a user can cause (bad names, settings, paths, datasets, results files): printed as
+#: ``error: <message>``, exit code 2. Among them, :class:`benchmark.config.ConfigError`,
+#: :class:`tasks.base.DatasetError` (and ``DatasetNotFoundError``), the path and store errors of
+#: :mod:`benchmark.checks` and :class:`benchmark.store.CorruptStoreFile` (all ``ValueError``).
+USER_ERRORS = (KeyError, ConfigError, FileNotFoundError, ValueError, PluginError)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the process exit code. Errors print one clear line, exit 2."""
+    """Entry point; returns the process exit code.
+
+    Errors a user can cause (:data:`USER_ERRORS`, and an ``OSError`` about a named file such as
+    a folder that cannot be written) print ``error: <message>`` once on stderr and return 2,
+    without a traceback. Anything else is a bug and propagates with its traceback.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         load_plugins(args.plugins)
         return args.func(args)
-    except (KeyError, ConfigError, FileNotFoundError, ValueError, PluginError) as exc:
+    except USER_ERRORS as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         print(f"error: {message}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.filename is None:  # not about a path the user gave: a bug or a system fault
+            raise
+        where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "")
+        print(
+            f"error: {where}: {exc.strerror or exc}; check the path and its permissions",
+            file=sys.stderr,
+        )
         return 2

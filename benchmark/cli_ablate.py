@@ -17,7 +17,8 @@ def _csv_list(text: str) -> list[str]:
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
     from benchmark.ablation import STUDIES, check_methods, parse_studies, plan_ablation
-    from benchmark.cli import resolve_preset
+    from benchmark.checks import preflight, safe_state
+    from benchmark.cli import print_warnings, resolve_preset
     from benchmark.runner import prepare_runs
     from benchmark.status import render_dry_run
     from benchmark.submit import cluster_options_from_args, execute_and_report
@@ -30,6 +31,10 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     cluster = cluster_options_from_args(args)
     points, runs = plan_ablation(
         studies, methods, args.task, args.seeds, args.preset, overrides, args.results_dir
+    )
+    # results folder, the runs' store files and the datasets, before anything is written
+    warnings = preflight(
+        runs, args.results_dir, args.data_root, args.retry_failed, dry_run=args.dry_run
     )
     n_shared = sum(p.shared for p in points)
     print(
@@ -46,10 +51,11 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
             tag = " (main-table run)" if p.shared else ""
             print(
                 f"  {p.study:<6} {STUDIES[p.study].label(p.value):<18} {p.method:<8} "
-                f"seed {p.seed}  {p.run.state:<8} {p.run.run_dir}{tag}"
+                f"seed {p.seed}  {safe_state(p.run):<8} {p.run.run_dir}{tag}"
             )
         size = cluster.max_array_size if cluster else 0
         print(render_dry_run(runs, args.retry_failed, args.executor, size))
+        print_warnings(warnings)
         return 0
     todo = prepare_runs(runs, retry_failed=args.retry_failed, weights_dir=args.weights_dir)
     print(f"  {len(runs) - len(todo)} finished or skipped, {len(todo)} to run", flush=True)
@@ -94,12 +100,18 @@ def add_ablate_parser(sub, seeds_type, add_job_arguments) -> None:
 
 
 def _cmd_figure(args: argparse.Namespace) -> int:
+    from benchmark.checks import check_output_dir, check_output_file, check_results_dir
     from benchmark.figures import ablation_figures, separation_figure
 
     methods = _csv_list(args.methods) if args.methods else None
+    check_results_dir(args.results_dir)
+    # the output path, before any run is loaded or any figure drawn
+    setting = "--out" if args.out else "the figure folder (default <results-dir>/figures)"
+    fix = "Pass --out with a path that you can write to."
     if args.which == "ablations":
         from benchmark.ablation import parse_studies
 
+        check_output_dir(args.out or args.results_dir / "figures", setting, fix)
         paths = ablation_figures(
             args.results_dir,
             args.out or args.results_dir / "figures",
@@ -114,6 +126,7 @@ def _cmd_figure(args: argparse.Namespace) -> int:
         return 0
     task = args.task or "mnist"
     out = args.out or args.results_dir / "figures" / f"separation_{task}_{args.preset or 'any'}.png"
+    check_output_file(out, setting, fix)
     path, shown = separation_figure(
         args.results_dir,
         args.data_root,

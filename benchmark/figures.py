@@ -35,12 +35,28 @@ _METRIC_LABELS = {"psnr": "PSNR (dB) ↑", "ssim": "SSIM ↑", "lpips": "LPIPS �
 
 
 def _save(fig, path: Path, dpi: int) -> Path:
+    """Write ``fig`` as PNG to ``path`` atomically.
+
+    Raises:
+        benchmark.checks.PathError: ``path`` cannot be written (named, with the reason).
+    """
     import io
+
+    from benchmark.checks import PathError, check_output_file
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
     plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    check_output_file(path, "figure file")
+    try:
+        atomic_write_bytes(path, buffer.getvalue())
+    except OSError as exc:  # e.g. disk full, or a folder changed since the check
+        raise PathError(
+            f"figure file {path}: cannot write it ({exc.strerror or exc}); pass --out with a "
+            "path that you can write to",
+            path,
+            "os error",
+        ) from None
     return path
 
 

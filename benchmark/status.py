@@ -5,6 +5,11 @@
 the scheduler job id, the scheduler's own state while the job is queued (``squeue``), and the
 last line of its error. A ``running`` run whose job is gone (no lock held, not in the queue) is
 shown as ``stale``: a killed job; the next ``run`` resumes it from its checkpoint.
+
+A run folder with a corrupt store file (truncated or hand-edited JSON) is listed as ``corrupt``
+and named with the file below the table; the other runs are listed as usual. ``run --dry-run``
+shows such runs as ``corrupt`` too (``run`` itself refuses to start while they are:
+:func:`benchmark.checks.preflight`).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmark.preempt import run_is_locked
-from benchmark.store import iter_run_dirs, read_json, read_status
+from benchmark.store import iter_run_records, read_object, read_status
 
 __all__ = ["plan_actions", "render_dry_run", "render_status", "status_rows"]
 
@@ -34,7 +39,8 @@ def _resume_note(status: dict, cfg: dict, run_dir: Path) -> str:
 
 
 def status_rows(results_dir: Path) -> list[dict[str, str]]:
-    """One dict per run: task, method, seed, preset, hash, state, job_id, queue, error, note.
+    """One dict per run: task, method, seed, preset, hash, state, job_id, queue, error, note; a
+    run folder with a corrupt store file has state ``corrupt`` and its message in ``detail``.
 
     ``queue`` is the SLURM state from ``squeue`` for queued jobs (``"gone"`` for a SLURM job
     of a pending/running/preempted run that left the queue, ``""`` otherwise). ``note`` is set
@@ -43,29 +49,33 @@ def status_rows(results_dir: Path) -> list[dict[str, str]]:
     """
     from benchmark.slurm import JOB_FILE, queue_states
 
-    rows = []
-    for run_dir in iter_run_dirs(results_dir):
-        info = read_json(run_dir / "config.json", {})
-        cfg = info.get("config", {})
+    def read_row(run_dir: Path) -> dict[str, str]:
+        cfg = read_object(run_dir / "config.json", {}).get("config") or {}
         status = read_status(run_dir)
-        job = read_json(run_dir / JOB_FILE, {})
-        preempted = status["state"] == "preempted"
-        rows.append(
-            {
-                "task": run_dir.parent.parent.name,
-                "method": run_dir.parent.name,
-                "seed": str(cfg.get("seed", "")),
-                "preset": str(cfg.get("preset", "")),
-                "hash": run_dir.name,
-                "state": status["state"],
-                "job_id": str(job.get("job_id") or status.get("job_id") or ""),
-                "scheduler": str(job.get("scheduler", "")),
-                "queue": "",
-                "error": _last_line(status.get("traceback") or status.get("error")),
-                "note": _resume_note(status, cfg, run_dir) if preempted else "",
-                "run_dir": str(run_dir),
-            }
-        )
+        job = read_object(run_dir / JOB_FILE, {})
+        return {
+            "task": run_dir.parent.parent.name,
+            "method": run_dir.parent.name,
+            "seed": str(cfg.get("seed", "")),
+            "preset": str(cfg.get("preset", "")),
+            "hash": run_dir.name,
+            "state": status["state"],
+            "job_id": str(job.get("job_id") or status.get("job_id") or ""),
+            "scheduler": str(job.get("scheduler", "")),
+            "queue": "",
+            "error": _last_line(status.get("traceback") or status.get("error")),
+            "note": _resume_note(status, cfg, run_dir) if status["state"] == "preempted" else "",
+            "run_dir": str(run_dir),
+        }
+
+    rows = []
+    for run_dir, row, error in iter_run_records(results_dir, read_row):
+        if error is not None:  # listed by its folder; the message names the file
+            row = dict.fromkeys(("seed", "preset", "job_id", "scheduler", "queue", "note"), "")
+            row.update(task=run_dir.parent.parent.name, method=run_dir.parent.name)
+            row.update(hash=run_dir.name, state="corrupt", run_dir=str(run_dir))
+            row.update(error=f"corrupt {error.path.name} (see below)", detail=str(error))
+        rows.append(row)
     slurm_ids = [r["job_id"] for r in rows if r["scheduler"] == "slurm" and r["state"] in ACTIVE]
     queue = queue_states(slurm_ids) if slurm_ids else {}
     for row in rows:
@@ -86,8 +96,8 @@ def status_rows(results_dir: Path) -> list[dict[str, str]]:
 
 def render_status(results_dir: Path) -> str:
     """The ``status`` table (plain text, one line per run; the last column is the run's note or
-    the last line of its error), a count per state, and what ``run`` does with the runs no job
-    will resume."""
+    the last line of its error), a count per state, what ``run`` does with the runs no job will
+    resume, and the run folders skipped for a corrupt file."""
     rows = status_rows(results_dir)
     if not rows:
         return f"no runs under {Path(results_dir) / 'runs'}"
@@ -114,6 +124,8 @@ def render_status(results_dir: Path) -> str:
             f"{idle} preempted, not queued: `python -m benchmark run` with the same arguments "
             f"resubmits {what}"
         )
+    corrupt = [r for r in rows if r["state"] == "corrupt"]
+    lines += [f"skipped corrupt run folder {r['run_dir']}: {r['detail']}" for r in corrupt]
     return "\n".join(lines)
 
 
@@ -122,18 +134,26 @@ def plan_actions(runs: list, retry_failed: bool = False) -> list[tuple[object, s
 
     Mirrors :func:`benchmark.runner.prepare_runs`: ``skip (done)``, ``skip (failed: use
     --retry-failed)``, ``skip (running elsewhere)`` or ``submit`` (``resume`` when a training
-    checkpoint exists).
+    checkpoint exists), or ``refuse (corrupt file)`` for a run folder with a corrupt store file
+    (:func:`benchmark.checks.find_corrupt_runs`).
     """
+    from benchmark.checks import find_corrupt_runs
     from benchmark.slurm import JOB_FILE, queue_states
 
     out = []
     queued = {}
+    corrupt = find_corrupt_runs(runs)
     for run in runs:
-        job = read_json(run.run_dir / JOB_FILE, {})
+        if run.run_dir in corrupt:
+            continue
+        job = read_object(run.run_dir / JOB_FILE, {})
         if job.get("scheduler") == "slurm" and run.state in ACTIVE:
             queued[run.run_dir] = str(job["job_id"])
     live = (queue_states(list(queued.values())) or {}) if queued else {}
     for run in runs:
+        if run.run_dir in corrupt:
+            out.append((run, "refuse (corrupt file)"))
+            continue
         state = run.state
         if state == "done":
             action = "skip (done)"
@@ -152,7 +172,10 @@ def plan_actions(runs: list, retry_failed: bool = False) -> list[tuple[object, s
 def render_dry_run(runs: list, retry_failed: bool, executor: str, max_array_size: int) -> str:
     """The ``--dry-run`` report: the expanded grid (method x task x seed x overrides), the state
     of every run, and the jobs (and SLURM arrays) that would be submitted."""
+    from benchmark.checks import find_corrupt_runs, safe_state
+
     actions = plan_actions(runs, retry_failed)
+    corrupt = find_corrupt_runs(runs)
     lines = ["expanded grid (teachers and the mixture reference included):"]
     header = ("stage", "method", "task", "seed", "overrides", "hash", "state", "action")
     table = [header]
@@ -166,7 +189,7 @@ def render_dry_run(runs: list, retry_failed: bool, executor: str, max_array_size
                 str(cfg.seed),
                 " ".join(cfg.overrides) or "-",
                 run.run_hash,
-                run.state,
+                "corrupt" if run.run_dir in corrupt else safe_state(run),
                 action,
             )
         )
@@ -189,5 +212,9 @@ def render_dry_run(runs: list, retry_failed: bool, executor: str, max_array_size
             )
         else:
             lines.append(f"  stage {stage}: {n} {executor} jobs")
+    for run_dir, error in corrupt.items():
+        lines.append(f"skipped corrupt run folder {run_dir}: {error}")
+    if corrupt:
+        lines.append("the command itself refuses to start until these files are deleted.")
     lines.append("dry run: nothing was submitted or written.")
     return "\n".join(lines)

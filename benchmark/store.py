@@ -28,9 +28,9 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 import torch
@@ -47,7 +47,9 @@ __all__ = [
     "atomic_write_parquet",
     "iter_records",
     "iter_run_dirs",
+    "iter_run_records",
     "read_json",
+    "read_object",
     "read_status",
     "run_dir_for",
     "write_status",
@@ -80,14 +82,27 @@ class CorruptStoreFile(ValueError):
 
     Attributes:
         path: the file.
+        reason: what is wrong with it.
+        fix: what to delete so that ``run`` recomputes it.
     """
 
     def __init__(self, path: Path, reason: str) -> None:
         self.path = Path(path)
-        super().__init__(
-            f"corrupt results file {self.path} ({reason}); delete it, or the run folder "
-            f"{self.path.parent}, and `run` recomputes what is missing"
-        )
+        self.reason = reason
+        if self.path.name == "metrics.json":  # a done run is skipped even without its metrics
+            self.fix = (
+                "delete it and the status.json beside it, and `run` resumes the run from its "
+                "checkpoint and evaluates it again"
+            )
+        else:
+            self.fix = (
+                f"delete it, or the run folder {self.path.parent}, and `run` recomputes what "
+                "is missing"
+            )
+        super().__init__(f"corrupt results file {self.path} ({reason}); {self.fix}")
+
+    def __reduce__(self):  # picklable (jobs send exceptions back to the parent)
+        return type(self), (self.path, self.reason)
 
 
 def _umask() -> int:
@@ -158,9 +173,31 @@ def read_json(path: Path, default: Any = None) -> Any:
         raise CorruptStoreFile(path, f"not valid JSON: {exc}") from None
 
 
+def read_object(path: Path, default: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """Read a store file that holds a JSON object (``config.json``, ``status.json``,
+    ``metrics.json``, ``job.json``, ``progress.json``), or ``default`` when it does not exist.
+
+    Raises:
+        CorruptStoreFile: not valid JSON, or valid JSON that is not an object (the message
+            names the file).
+    """
+    data = read_json(path, default)
+    if data is not default and not isinstance(data, dict):
+        raise CorruptStoreFile(path, f"expected a JSON object, found {type(data).__name__}")
+    return data
+
+
 def read_status(run_dir: Path) -> dict[str, Any]:
-    """The run's status dict; ``{"state": "absent"}`` when the run was never planned."""
-    return read_json(Path(run_dir) / "status.json", {"state": "absent"})
+    """The run's status dict; ``{"state": "absent"}`` when the run was never planned.
+
+    Raises:
+        CorruptStoreFile: ``status.json`` is not a JSON object with a ``state`` string.
+    """
+    path = Path(run_dir) / "status.json"
+    status = read_object(path, {"state": "absent"})
+    if not isinstance(status.get("state"), str):
+        raise CorruptStoreFile(path, "no 'state' field")
+    return status
 
 
 def write_status(run_dir: Path, state: str, **extra: Any) -> None:
@@ -172,7 +209,12 @@ def write_status(run_dir: Path, state: str, **extra: Any) -> None:
 
 
 def iter_run_dirs(results_dir: Path) -> Iterator[Path]:
-    """Every run folder (one holding ``config.json``) under ``<results>/runs``."""
+    """Every run folder (one holding ``config.json``) under ``<results>/runs``.
+
+    The folders are only listed, not read: a reader of their files meets a corrupt one as
+    :class:`CorruptStoreFile`; :func:`iter_run_records` turns that into a per-run error so that
+    a listing goes on with the other runs.
+    """
     root = Path(results_dir) / "runs"
     if not root.is_dir():
         return
@@ -425,3 +467,29 @@ def iter_records(results_dir: Path) -> Iterator[RunRecord]:
     """A :class:`RunRecord` for every run folder under ``<results>/runs``."""
     for run_dir in iter_run_dirs(results_dir):
         yield RunRecord(run_dir)
+
+
+_T = TypeVar("_T")
+
+
+def iter_run_records(
+    results_dir: Path, read: Callable[[Path], _T]
+) -> Iterator[tuple[Path, _T | None, CorruptStoreFile | None]]:
+    """``read`` applied to every run folder of :func:`iter_run_dirs`, one corrupt file costing
+    only its own run: yields ``(run_dir, read(run_dir), None)``, or ``(run_dir, None, error)``
+    when ``read`` raised :class:`CorruptStoreFile` (any other exception propagates). The pattern
+    of every command that lists the store (``status``, tables, figures)::
+
+        for run_dir, row, error in iter_run_records(results_dir, read_row):
+            if error is not None:
+                print(f"skipped corrupt run folder {run_dir}: {error}")
+                continue
+            rows.append(row)
+    """
+    for run_dir in iter_run_dirs(results_dir):
+        try:
+            value = read(run_dir)
+        except CorruptStoreFile as error:
+            yield run_dir, None, error
+        else:
+            yield run_dir, value, None

@@ -42,7 +42,7 @@ from torch import Tensor
 from benchmark.config import ConfigError, TaskConfig, param
 from benchmark.registry import register_task
 from tasks.audio_metrics import map_items, score_audio_mixture
-from tasks.base import DatasetNotFoundError, EvalSet, Task
+from tasks.base import DatasetError, DatasetNotFoundError, EvalSet, Task
 
 __all__ = [
     "AudioDataError",
@@ -56,9 +56,33 @@ __all__ = [
 ]
 
 
-class AudioDataError(ValueError):
-    """An audio file is unreadable, has the wrong sample rate or channel count, or a list/CSV
-    line points to a missing file; the message names the file."""
+class AudioDataError(DatasetError):
+    """An audio file is unreadable, truncated, has the wrong sample rate or channel count, or a
+    list/CSV line is malformed or points to a missing file; the message names the file (and the
+    line)."""
+
+
+#: what to do about a broken audio file (the dataset's own copy is the only good source)
+AUDIO_FIX = "replace it with a good copy from the dataset's source (re-download or re-extract it)"
+
+#: libsndfile's log line for a WAV data chunk that is shorter than its header declares
+_WAV_DATA_SIZE = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+
+
+def _wav_truncation(handle: sf.SoundFile) -> str | None:
+    """Why a WAV file is truncated, or None. libsndfile reads a cut WAV file without error (it
+    just returns fewer samples); its log (``extra_info``) records the header's data size and
+    the size found. Sizes of 0 or about 2**32 (streamed writers that never fill in the header)
+    are not truncation."""
+    if handle.format not in ("WAV", "WAVEX", "RF64"):
+        return None
+    match = _WAV_DATA_SIZE.search(handle.extra_info)
+    if match is None:
+        return None
+    declared, found = int(match.group(1)), int(match.group(2))
+    if found < declared < 0xFFFF_FF00:
+        return f"truncated: its header declares {declared:,} bytes of audio, the file has {found:,}"
+    return None
 
 
 def read_audio(path: Path, sample_rate: int, start: int = 0, frames: int = -1) -> np.ndarray:
@@ -74,8 +98,9 @@ def read_audio(path: Path, sample_rate: int, start: int = 0, frames: int = -1) -
         ``(T,)`` float32 array.
 
     Raises:
-        AudioDataError: missing, corrupt/unreadable, multi-channel or wrong-rate file; the
-            message names the file.
+        AudioDataError: missing, corrupt/unreadable, truncated (a WAV file shorter than its
+            header says, a read that ends early, or ``start`` past the end), multi-channel or
+            wrong-rate file; the message names the file and the fix.
     """
     path = Path(path)
     if not path.is_file():
@@ -87,13 +112,30 @@ def read_audio(path: Path, sample_rate: int, start: int = 0, frames: int = -1) -
                     f"{path}: sample rate {handle.samplerate} Hz, expected {sample_rate} Hz "
                     "(check task.sample_rate and the dataset folder, e.g. wav8k vs wav16k)"
                 )
+            truncated = _wav_truncation(handle)
+            if truncated:
+                raise AudioDataError(f"{path}: cannot read audio ({truncated}); {AUDIO_FIX}")
+            total = handle.frames
+            if start and start >= total:
+                raise AudioDataError(
+                    f"{path}: cannot read audio from sample {start:,}: the file has only "
+                    f"{total:,} samples (truncated, or shorter than its metadata says); "
+                    f"{AUDIO_FIX}"
+                )
             if start:
                 handle.seek(start)
             data = handle.read(frames=frames, dtype="float32", always_2d=True)
+            exact = handle.format != "MPEG"  # MP3 frame counts are estimates
     except AudioDataError:
         raise
     except (RuntimeError, sf.LibsndfileError, OSError) as exc:
-        raise AudioDataError(f"{path}: cannot read audio ({exc})") from None
+        raise AudioDataError(f"{path}: cannot read audio ({exc}); {AUDIO_FIX}") from None
+    wanted = total - start if frames < 0 else min(frames, total - start)
+    if exact and data.shape[0] < wanted:
+        raise AudioDataError(
+            f"{path}: cannot read audio (truncated: {data.shape[0]:,} of {wanted:,} samples "
+            f"from sample {start:,}); {AUDIO_FIX}"
+        )
     if data.shape[1] != 1:
         raise AudioDataError(f"{path}: {data.shape[1]} channels, expected mono audio")
     return data[:, 0]

@@ -124,6 +124,54 @@ def _stack_padded(items: list[np.ndarray]) -> tuple[Tensor, Tensor]:
 _LIBRIMIX_COLUMNS = ("mixture_ID", "mixture_path", "source_1_path", "source_2_path", "length")
 
 
+def _librimix_records(
+    reader: csv.DictReader, csv_path: Path, base: Path, split: str, fix: str
+) -> list[dict[str, Any]]:
+    """The rows of a LibriMix metadata CSV as resolved paths and lengths (see
+    :func:`_librimix_index`)."""
+    missing = set(_LIBRIMIX_COLUMNS) - set(reader.fieldnames or [])
+    if missing:
+        raise AudioDataError(
+            f"{csv_path}: missing columns {sorted(missing)}; expected {list(_LIBRIMIX_COLUMNS)}"
+        )
+    records = []
+    for row in reader:
+        line = reader.line_num
+        empty = [c for c in _LIBRIMIX_COLUMNS if not (row.get(c) or "").strip()]
+        if empty:
+            raise AudioDataError(
+                f"{csv_path}, line {line}: no value for {', '.join(empty)} (a cut or "
+                f"malformed line; expected {len(_LIBRIMIX_COLUMNS)} comma-separated fields "
+                f"{', '.join(_LIBRIMIX_COLUMNS)}); {fix}"
+            )
+        record: dict[str, Any] = {}
+        for column, folder, key in (
+            ("mixture_path", "mix_clean", "mixture"),
+            ("source_1_path", "s1", "s1"),
+            ("source_2_path", "s2", "s2"),
+        ):
+            layout = base / split / folder / f"{row['mixture_ID']}.wav"
+            listed = Path(row[column])
+            listed = listed if listed.is_absolute() else base / listed
+            if layout.is_file():
+                record[key] = layout
+            elif listed.is_file():
+                record[key] = listed
+            else:
+                raise AudioDataError(
+                    f"{csv_path}, line {line}: {column} file not found: {row[column]} "
+                    f"(also looked for {layout})"
+                )
+        try:
+            record["length"] = int(float(row["length"]))
+        except ValueError:
+            raise AudioDataError(
+                f"{csv_path}, line {line}: length {row['length']!r} is not a number; {fix}"
+            ) from None
+        records.append(record)
+    return records
+
+
 def _librimix_index(base: Path, split: str) -> pd.DataFrame:
     """Index one Libri2Mix split from its metadata CSV: ``mixture``, ``s1``, ``s2`` (resolved
     paths) and ``length`` (samples), one row per mixture.
@@ -142,40 +190,12 @@ def _librimix_index(base: Path, split: str) -> pd.DataFrame:
             "(generate it with the LibriMix scripts, https://github.com/JorisCos/LibriMix). "
             f"Splits: train-360, train-100, dev, test. {_DATA_ROOT_HINT}"
         )
-    with open(csv_path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = set(_LIBRIMIX_COLUMNS) - set(reader.fieldnames or [])
-        if missing:
-            raise AudioDataError(
-                f"{csv_path}: missing columns {sorted(missing)}; expected {list(_LIBRIMIX_COLUMNS)}"
-            )
-        records = []
-        for line, row in enumerate(reader, start=2):
-            record: dict[str, Any] = {}
-            for column, folder, key in (
-                ("mixture_path", "mix_clean", "mixture"),
-                ("source_1_path", "s1", "s1"),
-                ("source_2_path", "s2", "s2"),
-            ):
-                layout = base / split / folder / f"{row['mixture_ID']}.wav"
-                listed = Path(row[column])
-                listed = listed if listed.is_absolute() else base / listed
-                if layout.is_file():
-                    record[key] = layout
-                elif listed.is_file():
-                    record[key] = listed
-                else:
-                    raise AudioDataError(
-                        f"{csv_path}, line {line}: {column} file not found: {row[column]} "
-                        f"(also looked for {layout})"
-                    )
-            try:
-                record["length"] = int(float(row["length"]))
-            except ValueError:
-                raise AudioDataError(
-                    f"{csv_path}, line {line}: length {row['length']!r} is not a number"
-                ) from None
-            records.append(record)
+    fix = "regenerate the metadata with the LibriMix scripts (https://github.com/JorisCos/LibriMix)"
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+            records = _librimix_records(csv.DictReader(handle), csv_path, base, split, fix)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise AudioDataError(f"{csv_path}: not a readable CSV file ({exc}); {fix}") from None
     if not records:
         raise AudioDataError(f"{csv_path}: no mixtures listed")
     return pd.DataFrame(records)
@@ -219,6 +239,13 @@ class Libri2MixTask(AudioTask):
     def train_index(self) -> pd.DataFrame:
         """The training split's index (built on first use: evaluation needs only its split)."""
         return _librimix_index(self.base, self.train_split)
+
+    def check_data(self, train: bool = True) -> None:
+        """Index the evaluation split (and the training split): metadata CSVs and the
+        existence of every file they list; no audio is read."""
+        _librimix_index(self.base, self.eval_split)
+        if train:
+            self.train_index  # noqa: B018 - builds (and caches) the index
 
     @cached_property
     def _lengths(self) -> Tensor:
@@ -314,13 +341,23 @@ def _fuss_index(root: Path, split: str) -> list[tuple[Path, list[Path]]]:
             "<root>/fuss_dev/ssdata/{train,validation,eval}_example_list.txt (download FUSS_ssdata "
             f"from https://zenodo.org/record/3694384). {_DATA_ROOT_HINT}"
         )
+    fix = "re-extract FUSS_ssdata (https://zenodo.org/record/3694384)"
+    try:
+        text = listing.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise AudioDataError(f"{listing}: not a text file ({exc}); {fix}") from None
     examples = []
-    for line_no, line in enumerate(listing.read_text().splitlines(), start=1):
+    for line_no, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         fields = line.strip().split("\t")
         paths = []
         for name in fields:
+            if not name.strip():
+                raise AudioDataError(
+                    f"{listing}, line {line_no}: empty field (expected tab-separated paths: "
+                    f"the mixture, then its sources); {fix}"
+                )
             path = Path(name) if Path(name).is_absolute() else folder / name
             if not path.is_file():
                 raise AudioDataError(f"{listing}, line {line_no}: file not found: {name}")
@@ -371,6 +408,13 @@ class FussTask(AudioTask):
     def train_examples(self) -> list[tuple[Path, list[Path]]]:
         """The training split's examples (indexed on first use)."""
         return _fuss_index(self.data_root, self.train_split)
+
+    def check_data(self, train: bool = True) -> None:
+        """Index the evaluation split (and the training split) from their list files, checking
+        that every listed file exists; no audio is read."""
+        _fuss_index(self.data_root, self.eval_split)
+        if train:
+            self.train_examples  # noqa: B018 - builds (and caches) the index
 
     @property
     def num_sources(self) -> int:
@@ -557,6 +601,15 @@ class LibriFussTask(AudioTask):
     def train_backgrounds(self) -> list[Path]:
         """Training backgrounds (FUSS ``train``; indexed on first use)."""
         return _backgrounds(self.data_root, "train")
+
+    def check_data(self, train: bool = True) -> None:
+        """List the LibriSpeech utterances and index the FUSS backgrounds of the evaluation
+        (and training) sets; no audio is read."""
+        _librispeech_files(self.data_root, "test-clean")
+        _backgrounds(self.data_root, self.config.eval_split or "eval")
+        if train:
+            self.train_speech  # noqa: B018 - lists (and caches) the files
+            self.train_backgrounds  # noqa: B018
 
     def _make(
         self, speech: Path, background: Path, snr_db: float, offset: int, length: int

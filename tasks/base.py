@@ -22,11 +22,22 @@ from torch import Tensor
 
 from benchmark.config import TaskConfig
 
-__all__ = ["DatasetNotFoundError", "EvalSet", "Task"]
+__all__ = ["DatasetError", "DatasetNotFoundError", "EvalSet", "Task"]
 
 
-class DatasetNotFoundError(FileNotFoundError):
-    """A dataset is missing; the message names the places searched and how to get it."""
+class DatasetError(ValueError):
+    """A dataset file is corrupt, truncated or malformed (a bad image, audio file, IDX file,
+    metadata CSV or list line). The message names the file (and line) and the fix; the command
+    line prints it as ``error: ...`` and exits 2. Base of every dataset error a user can cause.
+    """
+
+
+class DatasetNotFoundError(FileNotFoundError, DatasetError):
+    """A dataset is missing; the message names the places searched and how to get it.
+
+    Both a :class:`FileNotFoundError` (what it is) and a :class:`DatasetError` (so that one
+    ``except DatasetError`` catches every dataset problem).
+    """
 
 
 @dataclass
@@ -78,6 +89,25 @@ class Task(ABC):
         self.device = torch.device("cpu")
         #: worker processes for CPU-bound metrics (``run --workers``; not part of run hashes)
         self.workers = 1
+
+    def check_data(self, train: bool = True) -> None:
+        """Check, cheaply, that the files this task reads are there and readable, so that a
+        missing or broken dataset is reported once before any job starts (``run``/``ablate``
+        build each task once in the parent and call this).
+
+        Tasks that load their data in ``__init__`` (image tasks, ``fsdd2mix``) have checked it
+        already; tasks that read lazily (the audio corpora) index their splits here (metadata
+        CSVs, list files, folder listings) without reading audio.
+
+        Args:
+            train: also check the training split (False when only the ``mixture`` reference,
+                which needs the evaluation set alone, will run).
+
+        Raises:
+            DatasetNotFoundError: a dataset folder or index file is missing.
+            DatasetError: an index file is malformed or names a missing file.
+        """
+        return None
 
     @property
     def num_sources(self) -> int:

@@ -18,14 +18,20 @@ Loading order: torchvision's official dataset classes (``MNIST``/``CIFAR10`` wit
 ``<data-root>/MNIST/raw/`` (read with torchvision's IDX reader) and the CIFAR-10 test images in
 ``<data-root>/cifar10-jpg/test/<class>/*.jpg`` (``ImageFolder``); otherwise, when
 ``BENCHMARK_DOWNLOAD=1``, torchvision downloads the official files into ``<data-root>``.
+
+Errors: nothing found raises :class:`tasks.base.DatasetNotFoundError` listing every place
+searched; a file that is found but truncated or corrupt (an IDX file, plain or gzip, whose size
+does not match its header; a JPEG that does not decode or is not 32x32) raises
+:class:`tasks.base.DatasetError` naming the file and how to replace it.
 """
 
 from __future__ import annotations
 
 import gzip
+import math
 import os
-import shutil
 import tempfile
+import zlib
 from functools import lru_cache
 from pathlib import Path
 from typing import ClassVar
@@ -36,7 +42,7 @@ import torch
 from torch import Tensor
 
 from benchmark.registry import register_task
-from tasks.base import DatasetNotFoundError, EvalSet, Task
+from tasks.base import DatasetError, DatasetNotFoundError, EvalSet, Task
 from tasks.image_metrics import image_separation_scores
 from tasks.perceptual import PerceptualConfig
 
@@ -66,35 +72,124 @@ def _official(name: str, root: Path, download: bool) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).clone()
 
 
-def _mnist_raw(root: Path) -> Tensor | None:
+#: IDX magic number and number of dimensions of the MNIST files (LeCun et al.'s format)
+_IDX_IMAGES = (0x0803, 3)
+
+
+def _mnist_md5(file_name: str) -> str:
+    """The official md5 of an MNIST ``.gz`` file (torchvision's table), or ``""``."""
+    import torchvision
+
+    return dict(torchvision.datasets.MNIST.resources).get(file_name, "")
+
+
+def _corrupt_mnist(path: Path, problem: str) -> DatasetError:
+    md5 = _mnist_md5(path.name if path.suffix == ".gz" else f"{path.name}.gz")
+    return DatasetError(
+        f"corrupt MNIST file {path}: {problem}. Replace it with a good copy (the official "
+        f"{path.stem if path.suffix == '.gz' else path.name}.gz has md5 {md5}), or delete it "
+        f"and run once with BENCHMARK_DOWNLOAD=1 so that torchvision downloads the official "
+        f"files into {path.parent.parent.parent}."
+    )
+
+
+def _check_idx(data: bytes, path: Path, magic: int, ndim: int, item_shape: tuple) -> None:
+    """Check an IDX file's header against its size (a truncated copy fails here).
+
+    Raises:
+        DatasetError: wrong magic number, wrong item shape, or a size that does not match the
+            header; the message names ``path``.
+    """
+    header = 4 * (1 + ndim)
+    if len(data) < header:
+        raise _corrupt_mnist(path, f"{len(data)} bytes, shorter than the {header}-byte IDX header")
+    found = int.from_bytes(data[:4], "big")
+    if found != magic:
+        raise _corrupt_mnist(
+            path, f"IDX magic number {found:#06x}, expected {magic:#06x} (not an MNIST image file)"
+        )
+    dims = [int.from_bytes(data[4 * (i + 1) : 4 * (i + 2)], "big") for i in range(ndim)]
+    if tuple(dims[1:]) != item_shape:
+        raise _corrupt_mnist(path, f"items of {dims[1:]} pixels, expected {list(item_shape)}")
+    expected = header + math.prod(dims)
+    if len(data) != expected:
+        state = "truncated" if len(data) < expected else "too long"
+        raise _corrupt_mnist(
+            path,
+            f"{state}: {len(data):,} bytes (after decompression), the header's {dims} needs "
+            f"{expected:,}",
+        )
+
+
+def _read_mnist_images(data: bytes, source: Path) -> Tensor:
+    """``(N, 1, 28, 28)`` uint8 from the bytes of an IDX image file, checked first, then read
+    with torchvision's IDX reader (which takes a path: the bytes go to a temporary file)."""
     from torchvision.datasets.mnist import read_image_file
 
-    raw = root / "MNIST" / "raw"
-    plain = raw / "t10k-images-idx3-ubyte"
-    if plain.is_file():
-        return read_image_file(str(plain))[:, None].clone()
-    packed = raw / "t10k-images-idx3-ubyte.gz"
-    if not packed.is_file():
-        return None
-    # torchvision's reader takes an uncompressed path: decompress to a temporary file.
+    _check_idx(data, source, *_IDX_IMAGES, (28, 28))
     with tempfile.TemporaryDirectory() as tmp:
-        target = Path(tmp) / plain.name
-        with gzip.open(packed, "rb") as src, open(target, "wb") as dst:
-            shutil.copyfileobj(src, dst)
+        target = Path(tmp) / "t10k-images-idx3-ubyte"
+        target.write_bytes(data)
         return read_image_file(str(target))[:, None].clone()
 
 
+def _mnist_raw(root: Path) -> Tensor | None:
+    """The MNIST test images from ``<root>/MNIST/raw`` (plain or gzip IDX), None if absent.
+
+    Raises:
+        DatasetError: the file is there but truncated or corrupt (named).
+    """
+    raw = root / "MNIST" / "raw"
+    plain = raw / "t10k-images-idx3-ubyte"
+    if plain.is_file():
+        return _read_mnist_images(plain.read_bytes(), plain)
+    packed = raw / "t10k-images-idx3-ubyte.gz"
+    if not packed.is_file():
+        return None
+    try:
+        data = gzip.decompress(packed.read_bytes())
+    except EOFError:
+        raise _corrupt_mnist(packed, "truncated (the gzip stream ends early)") from None
+    except (gzip.BadGzipFile, zlib.error) as exc:
+        raise _corrupt_mnist(packed, f"not a valid gzip file ({exc})") from None
+    return _read_mnist_images(data, packed)
+
+
 def _cifar_jpg(root: Path) -> Tensor | None:
+    """The CIFAR-10 test images from ``<root>/cifar10-jpg/test/<class>/*.jpg``, None if absent.
+
+    Raises:
+        DatasetError: an image that does not decode or is not 32x32 (named).
+    """
     from torchvision.datasets import ImageFolder
     from torchvision.transforms.functional import pil_to_tensor
 
     folder = root / "cifar10-jpg" / "test"
     if not folder.is_dir():
         return None
-    ds = ImageFolder(str(folder))
+    try:
+        ds = ImageFolder(str(folder))
+    except FileNotFoundError:  # no class folders, or no images in them
+        return None
+    fix = (
+        "Replace it with a good copy from where you got the CIFAR-10 JPEG test images, or "
+        f"delete {folder.parent} and run once with BENCHMARK_DOWNLOAD=1 so that torchvision "
+        f"downloads the official CIFAR-10 files into {root}."
+    )
     images = []
     for path, _label in ds.samples:
-        images.append(pil_to_tensor(ds.loader(path)))
+        try:
+            image = pil_to_tensor(ds.loader(path))
+        except (OSError, ValueError, SyntaxError) as exc:  # PIL: truncated / unidentified
+            raise DatasetError(
+                f"corrupt CIFAR-10 image {path}: cannot decode it ({exc}). {fix}"
+            ) from None
+        if tuple(image.shape) != (3, 32, 32):
+            raise DatasetError(
+                f"CIFAR-10 image {path} is {image.shape[2]}x{image.shape[1]} pixels, expected "
+                f"32x32. {fix}"
+            )
+        images.append(image)
     return torch.stack(images)  # (N, 3, 32, 32) uint8
 
 
@@ -113,16 +208,20 @@ def load_images(name: str, data_root: str) -> Tensor:
     Raises:
         DatasetNotFoundError: nothing found; the message lists every place searched and how to
             get the data.
+        DatasetError: a file was found but is truncated or corrupt; the message names it.
     """
     root = Path(data_root).expanduser()
     searched = []
     images: Tensor | None = None
     try:
         images = _official(name, root, download=False)
-    except (RuntimeError, FileNotFoundError, OSError):
+    except (RuntimeError, OSError, ValueError, TypeError, AssertionError, EOFError) as exc:
+        # not there (torchvision: "Dataset not found or corrupted"), or unreadable: fall back
+        # to the other layouts, which read and check the files themselves
+        reason = str(exc).split("\n")[0].split(". You can use")[0]
         searched.append(
             f"torchvision.datasets.{'MNIST' if name == 'mnist' else 'CIFAR10'} "
-            f"(official files) under {root}"
+            f"(official files) under {root}: {reason}"
         )
     if images is None:
         if name == "mnist":
