@@ -494,7 +494,7 @@ def _method_blocks(
         for row in pending.itertuples(index=False):
             variant = f" [{row.variant}]" if row.variant else ""
             block.notes.append(
-                f"Not finished: {row.method}{variant} seed {row.seed} ({row.state})."
+                f"Not finished: {row.method} seed {row.seed} ({row.state}){variant}."
             )
         blocks.append(block)
     notes = []
