@@ -163,23 +163,19 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_table(args: argparse.Namespace) -> int:
     from benchmark.checks import check_results_dir
-    from benchmark.tables import render_table
+    from benchmark.tables import render
 
     check_results_dir(args.results_dir)
 
-    if args.which == "table9":
-        from benchmark.table9 import render_table9
-
-        methods = _csv_list(args.methods) if args.methods else None
-        overrides = parse_overrides(args.set or [])
-        fmt = "csv" if args.format == "csv" else "md"
-        print(render_table9(args.results_dir, args.task, args.preset, methods, overrides, fmt))
-        return 0
-    print(
-        render_table(
-            args.results_dir, task=args.task, fmt=args.format, preset=args.preset, which=args.which
-        )
+    methods = _csv_list(args.methods) if args.methods else None
+    overrides = parse_overrides(args.set or [])
+    text, notes = render(
+        args.results_dir, args.task, args.format, args.preset, args.which, methods, overrides
     )
+    print(text)
+    if args.format == "csv":  # md and latex carry these notes under the tables
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
     return 0
 
 

@@ -145,15 +145,21 @@ def ablation_figures(
     Raises:
         FileNotFoundError: no study has a finished run (the message says how to make them).
     """
-    from benchmark.table9 import paper_table9, summarize_ablation
+    from benchmark.tables import LAYOUTS, paper_numbers, summarize
 
     methods = list(methods or ("surf_sr", "surf_rm"))
     studies = studies or list(STUDIES.values())
-    paper = paper_table9()
+    paper = paper_numbers()
+    paper = paper[paper.source == LAYOUTS["surf_table9"].paper_source]
+    paper = paper.rename(columns={"value": "paper", "grid_value": "value"})
     written = []
     for study in studies:
         results = ablation_results(results_dir, [study], methods, task, preset, overrides)
-        summary = summarize_ablation(results)
+        scores = results.dropna(subset=["metric"]).rename(
+            columns={"value": "grid_value", "score": "value"}
+        )
+        summary = summarize(scores, ["study", "grid_value", "method", "metric"])
+        summary = summary.rename(columns={"grid_value": "value"})
         if summary.empty:
             continue
         ref = paper[(paper.task == task) & (paper.study == study.name)]
@@ -194,7 +200,9 @@ def pick_runs(
     Returns:
         ``{method: run_dir}``; methods without a finished run are left out.
     """
-    from benchmark.tables import METHOD_ORDER
+    from benchmark.tables import LAYOUTS
+
+    table_order = list(LAYOUTS["surf_table1"].rows or ())
 
     if preset is None:
         presets: dict[str, set[str]] = {}
@@ -223,7 +231,7 @@ def pick_runs(
         if method not in found or key < found[method][0]:
             found[method] = (key, run_dir)
     order = methods or sorted(
-        found, key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER else 99, m)
+        found, key=lambda m: (table_order.index(m) if m in table_order else 99, m)
     )
     return {m: found[m][1] for m in order if m in found}
 

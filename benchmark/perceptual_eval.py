@@ -25,6 +25,7 @@ import hashlib
 import logging
 import math
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ import pandas as pd
 import torch
 
 from benchmark.config import RunConfig, to_dict
-from benchmark.store import RunRecord, atomic_torch_save
+from benchmark.store import atomic_torch_save
 from tasks.perceptual import (
     ALEXNET_FILE,
     INCEPTION_FILE,
@@ -46,6 +47,7 @@ from tasks.perceptual import (
 )
 
 __all__ = [
+    "METRIC_GROUPS",
     "METRIC_WEIGHTS",
     "PERCEPTUAL_KEYS",
     "applies",
@@ -275,29 +277,63 @@ def needs_refresh(record, cfg: RunConfig, weights_dir: Path | str | None = None)
     return False
 
 
+#: table metric -> its group in the ``perceptual`` record, and the group's name in notes
+METRIC_GROUPS = {
+    "lpips": "lpips",
+    "fid": "fid",
+    "table2_is": "table2",
+    "table2_is_std": "table2",
+    "table2_fid": "table2",
+}
+_GROUP_LABELS = {"lpips": "LPIPS", "fid": "FID", "table2": "Table 2 IS/FID"}
+
+
 def unavailable_notes(
-    run_dirs: list[str], groups: tuple[str, ...] = ("lpips", "fid")
+    records: Iterable[dict[str, Any] | None], metrics: Iterable[str]
 ) -> tuple[list[str], list[str]]:
-    """Table footnotes from the runs' ``perceptual`` records: the reasons metrics were not
-    computed (deduplicated), and how the computed ones were obtained (backbone, sample counts,
-    reference set). ``groups``: ``lpips``, ``fid`` (Table 1), ``table2``."""
-    reasons: dict[str, None] = {}
+    """Table footnotes from the runs' ``perceptual`` records (``metrics.json``).
+
+    Args:
+        records: the ``perceptual`` record of each run of the table (None: none).
+        metrics: the table's metric columns; only their groups (:data:`METRIC_GROUPS`) count.
+
+    Returns:
+        ``(reasons, how)``: why metrics were not computed, one short line per missing weights
+        file (the metrics it serves, the file, where to place it) or per distinct failure; and
+        how the computed ones were obtained (backbone, sample counts, reference set). Each line
+        once, however many runs share it.
+    """
+    groups = list(dict.fromkeys(METRIC_GROUPS[m] for m in metrics if m in METRIC_GROUPS))
+    missing: dict[str, dict[str, Any]] = {}  # weights file -> {"labels", "dir"}
+    failed: dict[str, None] = {}
     how: dict[str, None] = {}
-    for run_dir in run_dirs:
-        record = RunRecord(run_dir).perceptual
+    for record in records:
+        if not isinstance(record, dict):
+            continue
         for group in groups:
             entry = record.get(group) or {}
-            label = {"lpips": "LPIPS", "fid": "FID", "table2": "Table 2 IS/FID"}[group]
-            if entry.get("status") in ("unavailable", "failed"):
-                reasons[f"{label}: {entry['reason']}"] = None
-            elif entry.get("status") == "done" and group == "lpips":
+            label = _GROUP_LABELS[group]
+            status = entry.get("status")
+            if status == "unavailable" and entry.get("file"):
+                searched = entry.get("searched") or []
+                where = str(Path(searched[-1]).parent) if searched else "the torch hub cache"
+                item = missing.setdefault(entry["file"], {"labels": {}, "dir": where})
+                item["labels"][label] = None
+            elif status in ("unavailable", "failed"):
+                failed[f"{label}: {entry.get('reason', status)}"] = None
+            elif status == "done" and group == "lpips":
                 how[
                     f"LPIPS: {entry['backbone']}, {entry['input']}; source permutation: "
                     f"{entry['permutation']}."
                 ] = None
-            elif entry.get("status") == "done":
+            elif status == "done":
                 how[
                     f"{label}: {entry['n_images']:,} separated images of {entry['n_mixtures']:,} "
                     f"mixtures vs {entry['reference']}; {entry['feature_extractor']}."
                 ] = None
-    return list(reasons), list(how)
+    reasons = [
+        f"{', '.join(item['labels'])}: {file} missing; place it in {item['dir']} or in "
+        "--weights-dir (download: README, Perceptual metrics)."
+        for file, item in missing.items()
+    ]
+    return reasons + list(failed), list(how)

@@ -40,6 +40,8 @@ class Method(ABC):
             images, ``audio_net`` for audio).
         presets_file: the YAML file of preset values, relative to the module (default: the
             module's own name with ``.yaml``, when that file exists).
+        paper_numbers: a CSV of the method's published numbers, relative to the module, in
+            the format of ``results/paper/*.csv`` (shown beside ours in the tables), or None.
         reference_only: not a trainable method (the ``mixture`` reference row).
     """
 
@@ -51,6 +53,7 @@ class Method(ABC):
     config_schema: ClassVar[dict[str, type]] = {}
     config_sections: ClassVar[tuple[str, ...]] = ("task", "train", "net", "eval")
     presets_file: ClassVar[str | None] = None
+    paper_numbers: ClassVar[str | None] = None
     reference_only: ClassVar[bool] = False
 
     @classmethod

@@ -73,6 +73,9 @@ class Task(ABC):
     config_schema: ClassVar[dict[str, type]] = {}
     #: preset YAML file relative to the module (default: the module's name with ``.yaml``)
     presets_file: ClassVar[str | None] = None
+    #: CSV of published numbers on this task, relative to the module (``results/paper``
+    #: format), shown beside ours in the tables; or None
+    paper_numbers: ClassVar[str | None] = None
 
     @classmethod
     def check_config(cls, config: Any) -> None:

@@ -16,7 +16,7 @@ from benchmark.cli import main
 from benchmark.config import parse_overrides
 from benchmark.runner import plan_runs
 from benchmark.store import iter_run_dirs, read_json, read_status
-from benchmark.table9 import paper_table9, summarize_ablation
+from benchmark.tables import paper_numbers, summarize
 from tasks.perceptual import ALEXNET_FILE
 
 # cheap but real: 2 MixIT and 2 SURF iterations, 8 evaluation mixtures; the grids are the paper's
@@ -117,15 +117,15 @@ def test_table9_shows_grid_bold_best_and_paper(ablated, capsys):
     assert "**" in out  # best per study
     assert "**19.49**" in out and "**0.751**" in out  # the paper's best SURF-SR row, bold
     assert "8.79" in out and "13.36" in out  # paper B = 1 and alpha = 0.9999 (SR)
-    assert "(1)" in out  # number of seeds
+    assert "(n=1)" in out and "± 0.000 (n=1)" not in out  # one seed: no spread claimed
     assert "| n/a |" not in out  # LPIPS computed with the test's AlexNet weights
     assert "LPIPS: AlexNet" in out  # footnote: how LPIPS was computed
     lpips = [line.split(" | ")[6] for line in out.splitlines() if line.startswith("|  | α=")]
-    assert len(lpips) == 4 and all(" ± 0.000 (1)" in cell for cell in lpips)
+    assert len(lpips) == 4 and all("(n=1)" in c and "±" not in c for c in lpips)
     assert main([*args, "--methods", "surf_sr", "--format", "csv"]) == 0
     from io import StringIO
 
-    csv = pd.read_csv(StringIO(capsys.readouterr().out), dtype={"value": str})
+    csv = pd.read_csv(StringIO(capsys.readouterr().out), dtype={"grid_value": str})
     assert set(csv.study) == {"ema", "batch", "beta"}
     assert len(csv) == 14 * 3 and (csv.n == 1).all()  # PSNR, SSIM, LPIPS per point
     assert csv.paper.notna().all()
@@ -133,19 +133,23 @@ def test_table9_shows_grid_bold_best_and_paper(ablated, capsys):
 
 def test_summarize_ablation_mean_std_n():
     rows = [
-        {"study": "ema", "value": "0.9", "method": "surf_sr", "metric": "psnr", "score": s}
+        {"study": "ema", "grid_value": "0.9", "method": "surf_sr", "metric": "psnr", "value": s}
         for s in (10.0, 12.0, 14.0)
     ]
-    summary = summarize_ablation(pd.DataFrame(rows))
+    keys = ["study", "grid_value", "method", "metric"]
+    summary = summarize(pd.DataFrame(rows), keys)
     assert summary["mean"].item() == 12.0 and summary["std"].item() == 2.0
     assert summary["n"].item() == 3
+    one = summarize(pd.DataFrame(rows[:1]), keys)
+    assert one["n"].item() == 1 and pd.isna(one["std"].item())  # no spread from one seed
 
 
 def test_paper_table9_is_complete():
-    paper = paper_table9()
+    paper = paper_numbers()
+    paper = paper[paper.source == "SURF Table 9"]
     assert len(paper) == 14 * 2 * 3
-    proposed = paper[(paper.study == "beta") & (paper.value == "linear")]
-    assert proposed[(proposed.method == "surf_rm") & (proposed.metric == "psnr")].paper.item() == (
+    proposed = paper[(paper.study == "beta") & (paper.grid_value == "linear")]
+    assert proposed[(proposed.method == "surf_rm") & (proposed.metric == "psnr")].value.item() == (
         19.73
     )
 

@@ -51,7 +51,7 @@ def test_every_method_runs_on_fsdd2mix(data_root, results_dir, capsys):
     table = capsys.readouterr().out
     assert "MixPIT/MixCycle Table I layout" in table
     mixcycle = next(line for line in table.splitlines() if line.startswith("| MixCycle |"))
-    assert mixcycle.count("(1)") == 2 and "| 15.90 |" in mixcycle  # ours beside SC09Mix's
+    assert mixcycle.count("(n=1)") == 2 and "| 15.90 |" in mixcycle  # ours beside SC09Mix's
     assert "| IRM (oracle) (paper only) | not run | 18.40 |" in table
     for label in ("MixIT", "MixPIT", "Supervised Regression", "SURF (Self-Remixing)"):
         assert f"| {label} |" in table

@@ -1,0 +1,1 @@
+"""Example plug-in package for the SURF benchmark (see its pyproject.toml)."""
