@@ -24,12 +24,12 @@ the grid and reads the results back.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from benchmark.config import ConfigError, resolve_config, to_dict
+from benchmark.tables.layouts import DEFAULT_METHODS, DEFAULT_TASK, STUDIES, Study
 
 if TYPE_CHECKING:  # heavy imports (torch, pandas) stay out of `python -m benchmark --help`
     import pandas as pd
@@ -49,43 +49,6 @@ __all__ = [
     "point_overrides",
     "stored_presets",
 ]
-
-#: the two SURF variants of Table 9 (column order of the paper: Self-Remixing, then ReMixIT)
-DEFAULT_METHODS = ("surf_sr", "surf_rm")
-#: Table 9 is on CIFAR-10
-DEFAULT_TASK = "cifar10"
-
-
-@dataclass(frozen=True)
-class Study:
-    """One ablation: a config field and the values it takes (SURF Table 9).
-
-    Attributes:
-        name: ``ema``, ``batch`` or ``beta``.
-        key: dotted config path swept (``surf.ema_decay``).
-        values: grid values as ``--set`` strings, in the paper's row order.
-        symbol: the paper's symbol (alpha, B, beta) for labels.
-        title: row-group title of Table 9.
-    """
-
-    name: str
-    key: str
-    values: tuple[str, ...]
-    symbol: str
-    title: str
-
-    def label(self, value: str) -> str:
-        """Row label of a grid value, e.g. ``α=0.999``, ``B=256``, ``proposed schedule``."""
-        if self.name == "beta" and value == "linear":
-            return "proposed schedule"
-        return f"{self.symbol}={value}"
-
-
-STUDIES: dict[str, Study] = {
-    "ema": Study("ema", "surf.ema_decay", ("0", "0.9", "0.99", "0.999", "0.9999"), "α", "EMA α"),
-    "batch": Study("batch", "train.batch_size", ("1", "4", "16", "64", "256"), "B", "Batch size B"),
-    "beta": Study("beta", "surf.beta", ("0.1", "0.5", "1.0", "linear"), "β", "Teacher β(t)"),
-}
 
 
 def parse_studies(text: str) -> list[Study]:
@@ -199,30 +162,27 @@ def plan_ablation(
     return points, ordered
 
 
-def _config(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text()).get("config", {})
-    except (OSError, ValueError):
-        return {}
+def _stored(results_dir: Path, task: str, methods: list[str]) -> list:
+    """The run records of ``methods`` on ``task`` (corrupt folders are left to ``status``)."""
+    from benchmark.store import CorruptStoreFile, iter_records
+
+    out = []
+    for record in iter_records(results_dir):
+        if record.task == task and record.method in methods:
+            try:
+                _ = record.raw_config  # read once: a corrupt folder is skipped here
+            except (CorruptStoreFile, FileNotFoundError):
+                continue
+            out.append(record)
+    return out
 
 
 def _stored_seeds(results_dir: Path, task: str, preset: str, methods: list[str]) -> list[int]:
-    seeds = set()
-    for method in methods:
-        root = Path(results_dir) / "runs" / task / method
-        for config in root.glob("*/config.json"):
-            cfg = _config(config)
-            if cfg.get("preset") == preset:
-                seeds.add(int(cfg["seed"]))
-    return sorted(seeds)
+    return sorted({r.seed for r in _stored(results_dir, task, methods) if r.preset == preset})
 
 
 def _stored_presets(results_dir: Path, task: str, methods: list[str]) -> list[str]:
-    presets = set()
-    for method in methods:
-        for config in (Path(results_dir) / "runs" / task / method).glob("*/config.json"):
-            presets.add(_config(config).get("preset"))
-    return sorted(p for p in presets if p)
+    return sorted({r.preset for r in _stored(results_dir, task, methods) if r.preset})
 
 
 def ablation_results(

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from benchmark.config import PRESETS, parse_overrides
+from benchmark.tables.layouts import DEFAULT_TASK, FIGURE2_TASK
 
 __all__ = ["add_ablate_parser", "add_figure_parser"]
 
@@ -115,7 +116,7 @@ def _cmd_figure(args: argparse.Namespace) -> int:
         paths = ablation_figures(
             args.results_dir,
             args.out or args.results_dir / "figures",
-            task=args.task or "cifar10",
+            task=args.task or DEFAULT_TASK,
             preset=args.preset or "paper",
             methods=methods,
             studies=parse_studies(args.study),
@@ -124,7 +125,7 @@ def _cmd_figure(args: argparse.Namespace) -> int:
         for path in paths:
             print(f"wrote {path}")
         return 0
-    task = args.task or "mnist"
+    task = args.task or FIGURE2_TASK
     out = args.out or args.results_dir / "figures" / f"separation_{task}_{args.preset or 'any'}.png"
     check_output_file(out, setting, fix)
     path, shown = separation_figure(
@@ -145,7 +146,11 @@ def add_figure_parser(sub, default_results_dir, default_data_root) -> None:
     """The ``figure`` subcommand: SURF Figure 2-style separations or Table 9 ablation plots."""
     p = sub.add_parser("figure", help="qualitative separations (SURF Fig. 2) or ablation plots")
     p.add_argument("--which", default="separation", choices=["separation", "ablations"])
-    p.add_argument("--task", default=None, help="default: mnist (separation), cifar10 (ablations)")
+    p.add_argument(
+        "--task",
+        default=None,
+        help=f"default: {FIGURE2_TASK} (separation, as SURF Fig. 2), {DEFAULT_TASK} (ablations)",
+    )
     p.add_argument("--preset", default=None, help="default: any (separation), paper (ablations)")
     p.add_argument("--methods", default=None, help="comma list (default: all with finished runs)")
     p.add_argument("--num-mixtures", type=int, default=4, help="rows of the separation figure")

@@ -178,7 +178,7 @@ class TaskConfig:
         eval_mixtures: number of evaluation mixtures (5,000 in SURF/BASIS).
     """
 
-    name: str = "mnist"
+    name: str = ""
     num_sources: int = param(2, ge=1)
     seed: int = 1234
     eval_mixtures: int = param(5000, ge=1)
@@ -317,7 +317,7 @@ class RunConfig:
     ``audio_net``; ``""`` for methods without one).
     """
 
-    method: str = "mixit"
+    method: str = ""
     seed: int = 0
     preset: str = "paper"
     sections: dict[str, Any] = field(default_factory=dict)

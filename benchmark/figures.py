@@ -27,7 +27,8 @@ import torch  # noqa: E402
 
 from benchmark.ablation import STUDIES, Study, ablation_results  # noqa: E402
 from benchmark.registry import get_method, get_task  # noqa: E402
-from benchmark.store import atomic_write_bytes, iter_run_dirs, read_json, read_status  # noqa: E402
+from benchmark.store import atomic_write_bytes, iter_records  # noqa: E402
+from benchmark.tables.layouts import DEFAULT_METHODS, DEFAULT_TASK, FIGURE2_TASK  # noqa: E402
 
 __all__ = ["ablation_figures", "pick_runs", "separation_figure"]
 
@@ -130,7 +131,7 @@ def _lookup(frame: pd.DataFrame, value: str, column: str) -> float:
 def ablation_figures(
     results_dir: Path,
     out_dir: Path,
-    task: str = "cifar10",
+    task: str = DEFAULT_TASK,
     preset: str = "paper",
     methods: list[str] | None = None,
     studies: list[Study] | None = None,
@@ -147,7 +148,7 @@ def ablation_figures(
     """
     from benchmark.tables import LAYOUTS, paper_numbers, summarize
 
-    methods = list(methods or ("surf_sr", "surf_rm"))
+    methods = list(methods or DEFAULT_METHODS)
     studies = studies or list(STUDIES.values())
     paper = paper_numbers()
     paper = paper[paper.source == LAYOUTS["surf_table9"].paper_source]
@@ -204,32 +205,35 @@ def pick_runs(
 
     table_order = list(LAYOUTS["surf_table1"].rows or ())
 
+    def reference(method: str) -> bool:  # the do-nothing row (the mixture), not a separation
+        try:
+            return bool(get_method(method).reference_only)
+        except KeyError:
+            return False
+
+    records = [
+        r
+        for r in iter_records(results_dir)
+        if r.task == task
+        and not reference(r.method)
+        and (methods is None or r.method in methods)
+        and r.state == "done"
+        and r.model_path.is_file()
+    ]
     if preset is None:
         presets: dict[str, set[str]] = {}
-        for run_dir in iter_run_dirs(results_dir):
-            cfg = (read_json(run_dir / "config.json") or {}).get("config", {})
-            if cfg.get("task", {}).get("name") == task and cfg.get("method") != "mixture":
-                if methods is None or cfg.get("method") in methods:
-                    if read_status(run_dir)["state"] == "done":
-                        presets.setdefault(cfg.get("preset"), set()).add(cfg.get("method"))
+        for record in records:
+            presets.setdefault(record.preset, set()).add(record.method)
         rank = {"paper": 0, "cpu": 1, "smoke": 2}
         if presets:
             preset = min(presets, key=lambda p: (-len(presets[p]), rank.get(p, 3), p))
     found: dict[str, tuple[tuple, Path]] = {}
-    for run_dir in iter_run_dirs(results_dir):
-        cfg = (read_json(run_dir / "config.json") or {}).get("config", {})
-        method = cfg.get("method")
-        if cfg.get("task", {}).get("name") != task or method == "mixture":
+    for record in records:
+        if preset is not None and record.preset != preset:
             continue
-        if preset is not None and cfg.get("preset") != preset:
-            continue
-        if methods is not None and method not in methods:
-            continue
-        if read_status(run_dir)["state"] != "done" or not (run_dir / "model.pt").is_file():
-            continue
-        key = (len(cfg.get("overrides") or []), cfg.get("seed", 0), str(run_dir))
-        if method not in found or key < found[method][0]:
-            found[method] = (key, run_dir)
+        key = (len(record.variant.split()), record.seed, str(record.path))
+        if record.method not in found or key < found[record.method][0]:
+            found[record.method] = (key, record.path)
     order = methods or sorted(
         found, key=lambda m: (table_order.index(m) if m in table_order else 99, m)
     )
@@ -247,7 +251,7 @@ def separation_figure(
     results_dir: Path,
     data_root: Path,
     out: Path,
-    task: str = "mnist",
+    task: str = FIGURE2_TASK,
     preset: str | None = None,
     methods: list[str] | None = None,
     num_mixtures: int = 4,

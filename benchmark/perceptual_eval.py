@@ -91,8 +91,8 @@ def _reference(task, cfg: RunConfig) -> tuple[torch.Tensor, str]:
 def _lpips_input(task, estimates: torch.Tensor) -> str:
     channels, height, width = estimates.shape[2:]
     text = f"{height}x{width} inputs"
-    if task.name == "mnist":
-        text += " (MNIST zero-padded from 28x28 by the task)"
+    if getattr(task, "preprocessing", ""):
+        text += f" ({task.preprocessing})"
     if channels == 1:
         text += ", grey replicated to 3 channels"
     return text + ", scaled to [-1, 1]"

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmark.preempt import run_is_locked
-from benchmark.store import iter_run_records, read_object, read_status
+from benchmark.store import RunRecord, iter_run_records, read_object, read_status
 
 __all__ = ["plan_actions", "render_dry_run", "render_status", "status_rows"]
 
@@ -50,7 +50,7 @@ def status_rows(results_dir: Path) -> list[dict[str, str]]:
     from benchmark.slurm import JOB_FILE, queue_states
 
     def read_row(run_dir: Path) -> dict[str, str]:
-        cfg = read_object(run_dir / "config.json", {}).get("config") or {}
+        cfg = RunRecord(run_dir).raw_config
         status = read_status(run_dir)
         job = read_object(run_dir / JOB_FILE, {})
         return {

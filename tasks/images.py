@@ -269,6 +269,8 @@ class ImageTask(Task):
 
     dataset: ClassVar[str]
     metrics: ClassVar[dict[str, str]] = {"psnr": "max", "ssim": "max"}
+    #: how the task's images differ from the dataset's files (noted beside perceptual metrics)
+    preprocessing: ClassVar[str] = ""
     #: LPIPS, FID and IS are computed for every run on an image task
     config_schema: ClassVar[dict[str, type]] = {"perceptual": PerceptualConfig}
 
@@ -342,6 +344,7 @@ class MnistTask(ImageTask):
 
     name = "mnist"
     display_name = "MNIST (2 Source Mixtures)"
+    preprocessing = "MNIST zero-padded from 28x28 by the task"
     dataset = "mnist"
 
 

@@ -394,20 +394,25 @@ def _metric_notes(done: pd.DataFrame, layout: TableLayout, any_na: bool) -> list
     return how + ([f"n/a reason: {r}" for r in reasons] if any_na else [])
 
 
-def _generic_layout(task: str, found_metrics: list[str]) -> TableLayout:
-    """The layout of a task no paper table covers: its ``Task.metrics`` (or, for a task that
-    is no longer registered, the metrics found), every method run."""
+def _generic_layout(task: str, found_metrics: list[str], paper: pd.DataFrame) -> TableLayout:
+    """The layout of a task no built-in paper table covers: its ``Task.metrics`` (or, for a
+    task that is no longer registered, the metrics found), every method run, and beside them
+    the numbers of the first paper source that has numbers for this task (a plug-in's own
+    CSV, ``paper_numbers``), if any."""
     try:
         metrics = list(get_task(task).metrics)
     except KeyError:
         metrics = sorted(found_metrics)
+    sources = list(dict.fromkeys(paper[paper.task == task].source))
+    source = sources[0] if sources else None
     return TableLayout(
         task,
         "table1",
-        "Results (no paper table covers this task)",
+        f"Results beside {source}" if source else "Results (no paper table covers this task)",
         (task,),
         tuple(MetricColumn(m, m.upper()) for m in metrics),
         properties=True,
+        paper_source=source,
     )
 
 
@@ -499,7 +504,7 @@ def _method_blocks(
         runs = valid[(valid.task == task) & (valid.preset == preset)]
         layouts = layouts_for(task, which)
         if not layouts and which == "table1":
-            layouts = [_generic_layout(task, list(runs.metric.dropna().unique()))]
+            layouts = [_generic_layout(task, list(runs.metric.dropna().unique()), paper)]
         if not layouts:
             skipped.append(task)
             continue

@@ -22,16 +22,68 @@ Wisdom et al. 2021; MixPIT/MixCycle: Karamatlı & Kırbız 2022):
   without mean removal; SC09Mix is Speech Commands digits, not FSDD: same protocol, other
   recordings, so the numbers show the expected order, not a target);
 - ``surf_table9``: SURF Table 9 (Appendix E.1), rows the grid points of the ablation studies
-  of :data:`benchmark.ablation.STUDIES`, one column group per SURF variant.
+  of :data:`STUDIES` (planned by :mod:`benchmark.ablation`), one column group per SURF variant.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from benchmark.ablation import DEFAULT_METHODS, DEFAULT_TASK
+__all__ = [
+    "DEFAULT_METHODS",
+    "DEFAULT_TASK",
+    "FIGURE2_TASK",
+    "LAYOUTS",
+    "STUDIES",
+    "WHICH",
+    "MetricColumn",
+    "Study",
+    "TableLayout",
+    "layouts_for",
+]
 
-__all__ = ["LAYOUTS", "WHICH", "MetricColumn", "TableLayout", "layouts_for"]
+# ---------------------------------------------------------------------------- SURF Table 9 studies
+# (the ablation grid of SURF Appendix E.1: benchmark.ablation plans it, the surf_table9 layout
+# below renders it)
+
+#: SURF Figure 2 (qualitative separations) shows MNIST
+FIGURE2_TASK = "mnist"
+#: the two SURF variants of Table 9 (column order of the paper: Self-Remixing, then ReMixIT)
+DEFAULT_METHODS = ("surf_sr", "surf_rm")
+#: Table 9 is on CIFAR-10
+DEFAULT_TASK = "cifar10"
+
+
+@dataclass(frozen=True)
+class Study:
+    """One ablation: a config field and the values it takes (SURF Table 9).
+
+    Attributes:
+        name: ``ema``, ``batch`` or ``beta``.
+        key: dotted config path swept (``surf.ema_decay``).
+        values: grid values as ``--set`` strings, in the paper's row order.
+        symbol: the paper's symbol (alpha, B, beta) for labels.
+        title: row-group title of Table 9.
+    """
+
+    name: str
+    key: str
+    values: tuple[str, ...]
+    symbol: str
+    title: str
+
+    def label(self, value: str) -> str:
+        """Row label of a grid value, e.g. ``α=0.999``, ``B=256``, ``proposed schedule``."""
+        if self.name == "beta" and value == "linear":
+            return "proposed schedule"
+        return f"{self.symbol}={value}"
+
+
+STUDIES: dict[str, Study] = {
+    "ema": Study("ema", "surf.ema_decay", ("0", "0.9", "0.99", "0.999", "0.9999"), "α", "EMA α"),
+    "batch": Study("batch", "train.batch_size", ("1", "4", "16", "64", "256"), "B", "Batch size B"),
+    "beta": Study("beta", "surf.beta", ("0.1", "0.5", "1.0", "linear"), "β", "Teacher β(t)"),
+}
 
 
 @dataclass(frozen=True)
