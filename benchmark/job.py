@@ -130,29 +130,50 @@ def load_trained_method(run_dir: Path, data_root: Path, device: torch.device, ta
 
 
 class _Progress:
-    """tqdm bar when attached to a terminal; always a ``progress.json`` for the parent."""
+    """tqdm bar when attached to a terminal; always a ``progress.json`` for the parent (the local
+    ``run`` draws its bars from it), written at the first update, then at most once per
+    ``interval`` seconds, and at the last step.
 
-    def __init__(self, run_dir: Path, total: int, start: int, desc: str) -> None:
+    Args:
+        run_dir: the run folder.
+        total: number of steps (iterations, or evaluation mixtures).
+        start: the step it starts from (a resumed run's checkpoint step).
+        desc: the bar's label.
+        interval: seconds between writes (and bar refreshes).
+    """
+
+    def __init__(
+        self, run_dir: Path, total: int, start: int, desc: str, interval: float = 1.0
+    ) -> None:
         self.run_dir = run_dir
         self.total = total
+        self.interval = interval
         self.bar = None
         if sys.stderr.isatty():
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=start, desc=desc, dynamic_ncols=True)
-        self.last_write = 0.0
+        self.last_write: float | None = None
+
+    def due(self, step: int) -> bool:
+        """Whether :meth:`update` would write now (the first call, the last step, or
+        ``interval`` seconds after the last write): lets callers skip computing what to show."""
+        if self.last_write is None or step >= self.total:
+            return True
+        return time.monotonic() - self.last_write >= self.interval
 
     def update(self, step: int, phase: str, **info: Any) -> None:
+        """Record ``step`` (and e.g. ``loss=``) when :meth:`due`; a no-op otherwise."""
+        if not self.due(step):
+            return
         if self.bar is not None:
             self.bar.n = step
             self.bar.set_postfix({k: f"{v:.4g}" for k, v in info.items()}, refresh=True)
-        now = time.time()
-        if now - self.last_write > 1.0 or step >= self.total:
-            atomic_write_json(
-                self.run_dir / "progress.json",
-                {"phase": phase, "step": step, "total": self.total, **info},
-            )
-            self.last_write = now
+        atomic_write_json(
+            self.run_dir / "progress.json",
+            {"phase": phase, "step": step, "total": self.total, **info},
+        )
+        self.last_write = time.monotonic()
 
     def close(self) -> None:
         if self.bar is not None:
@@ -207,6 +228,7 @@ def _train(
     progress = _Progress(run_dir, steps, start, f"{cfg.method} train")
     method.train_mode()
     window: dict[str, list[float]] = {k: list(v) for k, v in window_state.items()}
+    shown_loss = curve[-1]["loss"] if curve else float("nan")
     # tests only: seconds to sleep after each iteration so a scheduler can catch the job
     # mid-training (changes no result)
     step_delay = float(os.environ.get("BENCHMARK_STEP_DELAY_S", "0") or 0)
@@ -230,7 +252,11 @@ def _train(
                 record["time"] = train_time + time.time() - t0
                 curve.append(record)
                 window = {}
-                progress.update(done, "train", loss=record["loss"])
+                shown_loss = record["loss"]
+            elif progress.due(done):  # mean loss since the last curve record (floats already)
+                shown_loss = sum(window["loss"]) / len(window["loss"])
+            # from the first iteration on, at most once a second (no extra host sync)
+            progress.update(done, "train", loss=shown_loss)
             if done % cfg.train.ckpt_every == 0 and done < steps:
                 _checkpoint(run_dir, method, done, generator, curve, train_time + time.time() - t0)
                 atomic_write_csv(run_dir / "curve.csv", pd.DataFrame(curve))
