@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ import torch
 
 from benchmark import CODE_VERSION
 from benchmark.config import RunConfig, from_dict
-from benchmark.perceptual_eval import perceptual_stage
+from benchmark.perceptual_eval import needs_refresh, perceptual_stage
 from benchmark.preempt import Preempted, RunLocked, StopSignals, run_lock
 from benchmark.registry import get_method, get_task
 from benchmark.store import (
@@ -36,6 +37,9 @@ from benchmark.store import (
 __all__ = ["Diverged", "execute_run", "load_trained_method", "pick_device"]
 
 log = logging.getLogger("benchmark")
+
+#: seconds a job waits for its run's lock before deciding another process executes the run
+LOCK_WAIT_S = 2.0
 
 
 class Diverged(RuntimeError):
@@ -332,10 +336,13 @@ def execute_run(
     """Train (or resume) and evaluate one planned run; record everything in ``run_dir``.
 
     The run's status ends as ``done``, ``diverged`` (NaN/inf loss) or ``failed`` (any other
-    exception, with its traceback); ``interrupted`` on Ctrl-C; ``preempted`` on a stop signal
-    (SIGTERM, SIGUSR1, submitit's timeout signal; see :mod:`benchmark.preempt`), after a
-    checkpoint at the current iteration. Exceptions are re-raised after being recorded so the
-    executor sees the failure too.
+    exception raised by the run's code, with its traceback); ``preempted`` on a stop signal
+    (SIGTERM, SIGINT, SIGHUP, SIGUSR1, submitit's timeout signal; see :mod:`benchmark.preempt`),
+    after a checkpoint at the current iteration, with the signal's name in ``signal``;
+    ``interrupted`` on a ``KeyboardInterrupt`` (only where the stop handlers cannot be installed,
+    off the main thread). A job killed outright (``SIGKILL``, out of memory) records nothing
+    itself; the runner then records it ``interrupted`` (:func:`benchmark.runner.execute_plan`).
+    Exceptions are re-raised after being recorded so the executor sees the failure too.
 
     The run executes while holding its lock (:func:`benchmark.preempt.run_lock`).
 
@@ -357,7 +364,9 @@ def execute_run(
     path = Path(run_dir)
     lock = run_lock(path)
     try:
-        lock.acquire(timeout=0)
+        # a short wait, not none: another invocation probing the lock (run_is_locked) holds it
+        # for microseconds, an executing job for the whole run
+        lock.acquire(timeout=LOCK_WAIT_S)
     except TimeoutError:
         raise RunLocked(
             f"run {path} is already being executed by another process (lock {lock.lock_file})"
@@ -388,10 +397,20 @@ def _execute_locked(
             torch.backends.cudnn.benchmark = True
         info = read_json(path / "config.json")
         cfg = from_dict(info["config"])
+        previous = read_json(path / "status.json", {}) or {}
+        if (
+            previous.get("state") == "done"
+            and (path / "metrics.json").is_file()
+            and not needs_refresh(path, cfg, weights_dir)
+        ):
+            # finished by another invocation while this job waited to start: nothing to redo
+            log.info("run %s is already done; nothing recomputed", path.name)
+            return read_json(path / "metrics.json")
         gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
         write_status(
             path, "running", job_id=job_id, pid=os.getpid(), host=platform.node(), gpus=gpus
         )
+        stop.check()  # stopped while the job was starting
         torch.manual_seed(cfg.seed)
         log.info(
             "run %s: %s on %s, seed %d, preset %s, device %s",
@@ -466,7 +485,10 @@ def _execute_locked(
         write_status(path, "interrupted", job_id=job_id, error="interrupted (Ctrl-C)")
         raise
     except Preempted as exc:
-        write_status(path, "preempted", job_id=job_id, error=str(exc), step=exc.step)
+        signame = signal.Signals(exc.signum).name
+        write_status(
+            path, "preempted", job_id=job_id, error=str(exc), step=exc.step, signal=signame
+        )
         log.warning("%s; the requeued job resumes from the checkpoint", exc)
         stop.hand_over(exc.signum)  # submitit's timeout signal: requeue and exit
         raise
