@@ -266,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         print(
-            "interrupted (Ctrl-C); nothing is lost: the same command resumes where it stopped",
+            "interrupted (Ctrl-C); nothing is lost (submitted SLURM jobs keep running): the "
+            "same command resumes where it stopped",
             file=sys.stderr,
             flush=True,
         )

@@ -331,12 +331,14 @@ class Stopped(Exception):
 
 @dataclass
 class _Active:
-    """A submitted job: its run, wall-clock start, GPU slot, last forwarded stop signal."""
+    """A submitted job: its run, wall-clock start, GPU slot, last forwarded stop signal, and
+    whether this process killed it."""
 
     run: PlannedRun
     started: float
     slot: int | None = None
     signalled: float = -1e9
+    killed: bool = False
 
 
 def execute_plan(
@@ -409,6 +411,13 @@ def execute_plan(
         if run.state == "done" and initial.get(run.run_dir) != "done":
             outcome[run.run_dir] = "done"
             display.finish(run, f"  done     {run.label:<28} (finished by another process)")
+            return False
+        if run_is_locked(run.run_dir):  # another invocation got to it first
+            outcome[run.run_dir] = HELD_ELSEWHERE
+            display.finish(
+                run,
+                f"  skipped  {run.label:<28} being run by another process{_holder(run.run_dir)}",
+            )
             return False
         teacher = run.teacher
         if teacher is None or teacher.state == "done":
@@ -484,12 +493,17 @@ def execute_plan(
                 if run.state in ("pending", "running") and not run_is_locked(run.run_dir):
                     log = results_dir / "submitit" / str(run.job.job_id)
                     if killed:
+                        how = (
+                            "killed by this run after a second Ctrl-C, or after not stopping "
+                            f"within {STOP_GRACE_S:.0f} s"
+                            if item.killed
+                            else "killed: SIGKILL, out of memory, lost machine?"
+                        )
                         write_status(
                             run.run_dir,
                             "interrupted",
-                            error="the job's process ended without recording a status "
-                            "(killed: SIGKILL, out of memory, lost machine?); the same command "
-                            f"resumes it from its last checkpoint; job log: {log}",
+                            error=f"the job's process ended without recording a status ({how}); "
+                            f"the same command resumes it from its last checkpoint; job log: {log}",
                         )
                     else:  # raised outside the run's own recording (e.g. while unpickling)
                         lines = str(exc).strip().splitlines() or [type(exc).__name__]
@@ -533,6 +547,7 @@ def execute_plan(
                     continue
                 if stops.kill_now or now > deadline:
                     kill_job(item.run.job.job_id)
+                    item.killed = True
                 elif now - item.signalled >= _RESEND_S:
                     signal_job(item.run.job.job_id, signum)
                     item.signalled = now
