@@ -93,7 +93,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from benchmark.checks import preflight
     from benchmark.registry import method_names
-    from benchmark.runner import plan_runs, prepare_runs
+    from benchmark.runner import held_elsewhere, plan_runs, prepare_runs
     from benchmark.status import render_dry_run
     from benchmark.submit import cluster_options_from_args, execute_and_report
 
@@ -138,9 +138,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     failed_skipped = [r for r in runs if r not in todo and r.state in ("failed", "diverged")]
     for run in failed_skipped:
         print(f"  skipped {run.state} run {run.label} ({run.run_dir}); use --retry-failed")
+    elsewhere = held_elsewhere(runs, todo)
+    for run in elsewhere:
+        print(f"  skipped {run.label}: being run by another process (it holds {run.run_dir})")
     del skipped
     if not todo:
-        print("nothing to do: every run is finished. `python -m benchmark table` shows them.")
+        if elsewhere:
+            print(
+                f"nothing to do here: {len(elsewhere)} run(s) are being run by another process; "
+                f"`python -m benchmark status --results-dir {args.results_dir}` shows them."
+            )
+        else:
+            print("nothing to do: every run is finished. `python -m benchmark table` shows them.")
         return 0
     return execute_and_report(todo, args, cluster, f"python -m benchmark table --task {args.task}")
 
@@ -299,7 +308,14 @@ def main(argv: list[str] | None = None) -> int:
     Errors a user can cause (:data:`USER_ERRORS`, and an ``OSError`` about a named file such as
     a folder that cannot be written) print ``error: <message>`` once on stderr and return 2,
     without a traceback. Anything else is a bug and propagates with its traceback.
+
+    A ``run``/``ablate`` stopped by SIGINT (Ctrl-C), SIGTERM or SIGHUP prints one line saying
+    what was checkpointed (:class:`benchmark.runner.Stopped`) and exits with ``128 + signal``
+    (130, 143, 129); a Ctrl-C outside the execution of runs (planning, waiting for SLURM) prints
+    one line and exits 130. No traceback in either case.
     """
+    from benchmark.runner import Stopped
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -309,6 +325,17 @@ def main(argv: list[str] | None = None) -> int:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         print(f"error: {message}", file=sys.stderr)
         return 2
+    except Stopped as exc:
+        print(str(exc), file=sys.stderr, flush=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(
+            "interrupted (Ctrl-C); nothing is lost (submitted SLURM jobs keep running): the "
+            "same command resumes where it stopped",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 130
     except OSError as exc:
         if exc.filename is None:  # not about a path the user gave: a bug or a system fault
             raise

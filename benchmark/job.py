@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ import torch
 
 from benchmark import CODE_VERSION
 from benchmark.config import RunConfig
-from benchmark.perceptual_eval import perceptual_stage
+from benchmark.perceptual_eval import needs_refresh, perceptual_stage
 from benchmark.preempt import Preempted, RunLocked, StopSignals, run_lock
 from benchmark.registry import get_method, get_task
 from benchmark.store import (
@@ -42,6 +43,9 @@ if TYPE_CHECKING:
     from tasks.base import Task
 
 log = logging.getLogger("benchmark")
+
+#: seconds a job waits for its run's lock before deciding another process executes the run
+LOCK_WAIT_S = 2.0
 
 
 class Diverged(RuntimeError):
@@ -145,29 +149,50 @@ def load_trained_method(
 
 
 class _Progress:
-    """tqdm bar when attached to a terminal; always a ``progress.json`` for the parent."""
+    """tqdm bar when attached to a terminal; always a ``progress.json`` for the parent (the local
+    ``run`` draws its bars from it), written at the first update, then at most once per
+    ``interval`` seconds, and at the last step.
 
-    def __init__(self, run_dir: Path, total: int, start: int, desc: str) -> None:
+    Args:
+        run_dir: the run folder.
+        total: number of steps (iterations, or evaluation mixtures).
+        start: the step it starts from (a resumed run's checkpoint step).
+        desc: the bar's label.
+        interval: seconds between writes (and bar refreshes).
+    """
+
+    def __init__(
+        self, run_dir: Path, total: int, start: int, desc: str, interval: float = 1.0
+    ) -> None:
         self.run_dir = run_dir
         self.total = total
+        self.interval = interval
         self.bar = None
         if sys.stderr.isatty():
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=start, desc=desc, dynamic_ncols=True)
-        self.last_write = 0.0
+        self.last_write: float | None = None
+
+    def due(self, step: int) -> bool:
+        """Whether :meth:`update` would write now (the first call, the last step, or
+        ``interval`` seconds after the last write): lets callers skip computing what to show."""
+        if self.last_write is None or step >= self.total:
+            return True
+        return time.monotonic() - self.last_write >= self.interval
 
     def update(self, step: int, phase: str, **info: Any) -> None:
+        """Record ``step`` (and e.g. ``loss=``) when :meth:`due`; a no-op otherwise."""
+        if not self.due(step):
+            return
         if self.bar is not None:
             self.bar.n = step
             self.bar.set_postfix({k: f"{v:.4g}" for k, v in info.items()}, refresh=True)
-        now = time.time()
-        if now - self.last_write > 1.0 or step >= self.total:
-            atomic_write_json(
-                self.run_dir / "progress.json",
-                {"phase": phase, "step": step, "total": self.total, **info},
-            )
-            self.last_write = now
+        atomic_write_json(
+            self.run_dir / "progress.json",
+            {"phase": phase, "step": step, "total": self.total, **info},
+        )
+        self.last_write = time.monotonic()
 
     def close(self) -> None:
         if self.bar is not None:
@@ -222,6 +247,7 @@ def _train(
     progress = _Progress(run_dir, steps, start, f"{cfg.method} train")
     method.train_mode()
     window: dict[str, list[float]] = {k: list(v) for k, v in window_state.items()}
+    shown_loss = curve[-1]["loss"] if curve else float("nan")
     # tests only: seconds to sleep after each iteration so a scheduler can catch the job
     # mid-training (changes no result)
     step_delay = float(os.environ.get("BENCHMARK_STEP_DELAY_S", "0") or 0)
@@ -245,7 +271,11 @@ def _train(
                 record["time"] = train_time + time.time() - t0
                 curve.append(record)
                 window = {}
-                progress.update(done, "train", loss=record["loss"])
+                shown_loss = record["loss"]
+            elif progress.due(done):  # mean loss since the last curve record (floats already)
+                shown_loss = sum(window["loss"]) / len(window["loss"])
+            # from the first iteration on, at most once a second (no extra host sync)
+            progress.update(done, "train", loss=shown_loss)
             if done % cfg.train.ckpt_every == 0 and done < steps:
                 _checkpoint(run_dir, method, done, generator, curve, train_time + time.time() - t0)
                 atomic_write_csv(run_dir / "curve.csv", pd.DataFrame(curve))
@@ -367,10 +397,13 @@ def execute_run(
     """Train (or resume) and evaluate one planned run; record everything in ``run_dir``.
 
     The run's status ends as ``done``, ``diverged`` (NaN/inf loss) or ``failed`` (any other
-    exception, with its traceback); ``interrupted`` on Ctrl-C; ``preempted`` on a stop signal
-    (SIGTERM, SIGUSR1, submitit's timeout signal; see :mod:`benchmark.preempt`), after a
-    checkpoint at the current iteration. Exceptions are re-raised after being recorded so the
-    executor sees the failure too.
+    exception raised by the run's code, with its traceback); ``preempted`` on a stop signal
+    (SIGTERM, SIGINT, SIGHUP, SIGUSR1, submitit's timeout signal; see :mod:`benchmark.preempt`),
+    after a checkpoint at the current iteration, with the signal's name in ``signal``;
+    ``interrupted`` on a ``KeyboardInterrupt`` (only where the stop handlers cannot be installed,
+    off the main thread). A job killed outright (``SIGKILL``, out of memory) records nothing
+    itself; the runner then records it ``interrupted`` (:func:`benchmark.runner.execute_plan`).
+    Exceptions are re-raised after being recorded so the executor sees the failure too.
 
     The run executes while holding its lock (:func:`benchmark.preempt.run_lock`).
 
@@ -392,7 +425,9 @@ def execute_run(
     path = Path(run_dir)
     lock = run_lock(path)
     try:
-        lock.acquire(timeout=0)
+        # a short wait, not none: another invocation probing the lock (run_is_locked) holds it
+        # for microseconds, an executing job for the whole run
+        lock.acquire(timeout=LOCK_WAIT_S)
     except TimeoutError:
         raise RunLocked(
             f"run {path} is already being executed by another process (lock {lock.lock_file})"
@@ -423,10 +458,19 @@ def _execute_locked(
             torch.backends.cudnn.benchmark = True
         record = RunRecord(path)
         cfg = record.config
+        if (
+            record.state == "done"
+            and record.metrics_record is not None
+            and not needs_refresh(record, cfg, weights_dir)
+        ):
+            # finished by another invocation while this job waited to start: nothing to redo
+            log.info("run %s is already done; nothing recomputed", path.name)
+            return record.metrics_record
         gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
         write_status(
             path, "running", job_id=job_id, pid=os.getpid(), host=platform.node(), gpus=gpus
         )
+        stop.check()  # stopped while the job was starting
         torch.manual_seed(cfg.seed)
         log.info(
             "run %s: %s on %s, seed %d, preset %s, device %s",
@@ -492,7 +536,10 @@ def _execute_locked(
         write_status(path, "interrupted", job_id=job_id, error="interrupted (Ctrl-C)")
         raise
     except Preempted as exc:
-        write_status(path, "preempted", job_id=job_id, error=str(exc), step=exc.step)
+        signame = signal.Signals(exc.signum).name
+        write_status(
+            path, "preempted", job_id=job_id, error=str(exc), step=exc.step, signal=signame
+        )
         log.warning("%s; the requeued job resumes from the checkpoint", exc)
         stop.hand_over(exc.signum)  # submitit's timeout signal: requeue and exit
         raise

@@ -4,7 +4,9 @@ A job is told to stop by
 
 - ``SIGTERM``: SLURM preemption (``PreemptMode=REQUEUE``), ``scontrol requeue`` or ``scancel``;
   SLURM requeues the job itself and sends ``SIGKILL`` ``KillWait`` seconds (30 by default)
-  later;
+  later; locally, the ``run`` process forwards its own SIGTERM (``timeout``, ``kill PID``);
+- ``SIGINT`` and ``SIGHUP``: Ctrl-C and a closed terminal, forwarded by the local ``run``
+  process (see :class:`ForwardStops`);
 - ``SIGUSR1``: a user's or site's own "checkpoint and stop" signal;
 - submitit's timeout/preemption signal (``SIGUSR2``, sent ``signal_delay_s`` before the time
   limit by ``#SBATCH --signal``): after our checkpoint, submitit's own handler is called, which
@@ -19,6 +21,15 @@ there needs saving) :class:`Preempted` is raised at once. The run's status becom
 
 The resubmission carries only the run folder, the data root and the device, never the training
 state: a requeued job always resumes from the newest checkpoint on disk.
+
+The parent side (:class:`ForwardStops`, :func:`job_processes`): the local ``run`` process catches
+SIGTERM, SIGINT and SIGHUP, forwards the signal to the worker processes of its submitit jobs,
+waits for them to checkpoint and exit, and only then exits itself, so no worker outlives its
+``run``. submitit's local controller (the worker's parent) would turn a Ctrl-C into a ``SIGKILL``
+of the worker one second later, and print a traceback; the runner therefore starts it with
+SIGINT and SIGHUP ignored (:data:`IGNORE_TERMINAL_SIGNALS`, a set-up line of the job's shell;
+ignored signals are inherited), and the job installs its own handlers for them while it runs
+(:class:`StopSignals`).
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +45,30 @@ import submitit
 from filelock import FileLock, Timeout
 
 __all__ = [
+    "FORWARDED_SIGNALS",
+    "IGNORE_TERMINAL_SIGNALS",
     "STOP_SIGNALS",
+    "ForwardStops",
     "Preempted",
     "RunJob",
     "RunLocked",
     "StopSignals",
+    "job_processes",
+    "kill_job",
     "run_is_locked",
     "run_lock",
+    "signal_job",
 ]
 
 #: signals that make a job checkpoint and stop (submitit's own USR signal is added at run time)
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+
+#: signals the local ``run`` process forwards to its jobs before exiting
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+#: set-up line of a local job's shell: its submitit controller (and the worker, until the run's
+#: handlers are installed) ignores Ctrl-C and hang-ups; the ``run`` process forwards them instead
+IGNORE_TERMINAL_SIGNALS = "trap '' INT HUP"
 
 LOCK_NAME = ".run.lock"
 
@@ -99,7 +124,11 @@ class StopSignals:
 
     Inside, :attr:`in_training` tells the handler whether to defer (set :attr:`requested` for the
     training loop to act on at the next iteration boundary) or raise :class:`Preempted` at once.
-    On exit the previous handlers are restored.
+    Only the first signal counts: the same stop may arrive several times (from the terminal's
+    process group, the forwarding ``run`` process and submitit's controller), and a repeat must
+    not interrupt the checkpoint being written. A signal that arrives while the handlers are
+    being installed is only recorded: :meth:`check` raises it. On exit the previous handlers
+    are restored.
     """
 
     def __init__(self) -> None:
@@ -109,18 +138,26 @@ class StopSignals:
 
     def _handler(self, signum: int, frame: Any) -> None:
         del frame
-        if self.requested is None:
-            self.requested = signum
+        if self.requested is not None:
+            return  # a repeat of the stop already being handled
+        self.requested = signum
         if not self.in_training:
             raise Preempted(signum)
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is not threading.main_thread():
             return self  # signal handlers can only be installed in the main thread
+        deferring, self.in_training = self.in_training, True  # a stop meanwhile only records
         for signum in (*STOP_SIGNALS, _submitit_signal()):
             self.previous.setdefault(signum, signal.getsignal(signum))
             signal.signal(signum, self._handler)
+        self.in_training = deferring
         return self
+
+    def check(self) -> None:
+        """Raise :class:`Preempted` if a stop signal has arrived (e.g. before the job started)."""
+        if self.requested is not None:
+            raise Preempted(self.requested)
 
     def __exit__(self, *exc: Any) -> None:
         for signum, handler in self.previous.items():
@@ -140,6 +177,9 @@ class StopSignals:
 class RunJob(submitit.helpers.Checkpointable):
     """The submitit job of one run: ``RunJob()(run_dir, data_root, device, weights_dir, workers)``.
 
+    Returns the run's metrics (:func:`benchmark.job.execute_run`), or ``{"run_locked": message}``
+    when another process holds the run's lock (the run is being executed elsewhere).
+
     A ``Checkpointable``: on a SLURM time limit or preemption submitit calls :meth:`checkpoint`,
     whose resubmission is a fresh ``RunJob`` with the same arguments, so the requeued job
     resumes from the training checkpoint on disk (``run_dir/checkpoint.pt``), never from state
@@ -156,7 +196,11 @@ class RunJob(submitit.helpers.Checkpointable):
     ) -> dict[str, Any]:
         from benchmark.job import execute_run
 
-        return execute_run(run_dir, data_root, device, weights_dir, workers)
+        try:
+            return execute_run(run_dir, data_root, device, weights_dir, workers)
+        except RunLocked as exc:
+            # not a failure: another invocation is executing this run (status left untouched)
+            return {"run_locked": str(exc)}
 
     def checkpoint(
         self,
@@ -170,3 +214,111 @@ class RunJob(submitit.helpers.Checkpointable):
         return submitit.helpers.DelayedSubmission(
             RunJob(), run_dir, data_root, device, weights_dir, workers
         )
+
+
+def job_processes(root: int) -> list[tuple[int, list[str]]]:
+    """The process ``root`` and its descendants as ``(pid, argv)``, parents first.
+
+    Read from Linux's ``/proc``; elsewhere (no ``/proc``) just ``[(root, [])]``. A local
+    submitit job is ``root`` = its controller (``python -m submitit.local._local``, or a shell
+    running it when the job has set-up lines), whose child is the worker
+    (``python -m submitit.core._submit``) that executes the run.
+    """
+    proc = Path("/proc")
+    if not (proc / str(os.getpid())).is_dir():
+        return [(root, [])]
+    children: dict[int, list[int]] = {}
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_bytes()
+        except OSError:
+            continue  # exited meanwhile
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses
+        ppid = int(stat.rsplit(b")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    out: list[tuple[int, list[str]]] = []
+    todo = [root]
+    while todo:
+        pid = todo.pop(0)
+        try:
+            cmdline = (proc / str(pid) / "cmdline").read_bytes()
+        except OSError:
+            continue
+        out.append((pid, cmdline.decode(errors="replace").split("\0")))
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def _kill(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass  # already gone
+
+
+def signal_job(job_id: str, signum: int) -> None:
+    """Send ``signum`` to the worker process(es) of the local submitit job ``job_id`` (its
+    controller's pid). While no worker is running yet, its controller gets ``SIGTERM``, which
+    submitit forwards to the workers it has started and which ends it before it starts any;
+    callers repeat the signal until the job is gone (a worker ignores a stop signal while it
+    loads, before the run's handlers are installed)."""
+    processes = job_processes(int(job_id))
+    # exact argv elements: a set-up shell's ``-c`` string names the controller's module too
+    workers = [pid for pid, argv in processes if "submitit.core._submit" in argv]
+    for pid in workers:
+        _kill(pid, signum)
+    if not workers:
+        for pid, argv in processes:
+            if "submitit.local._local" in argv or argv == []:  # [] : no /proc to look into
+                _kill(pid, signal.SIGTERM)
+
+
+def kill_job(job_id: str) -> None:
+    """``SIGKILL`` the local submitit job ``job_id``: its worker(s) first, then the controller."""
+    for pid, _ in reversed(job_processes(int(job_id))):
+        _kill(pid, signal.SIGKILL)
+
+
+class ForwardStops:
+    """Stop handling of the local ``run`` process (a context manager; main thread only).
+
+    Inside, SIGTERM, SIGINT and SIGHUP only record the signal (:attr:`signum`, the first one):
+    the runner then stops starting jobs, forwards the signal to its running jobs
+    (:func:`signal_job`, repeated until they are gone), lets them checkpoint and record
+    ``preempted``, and exits with ``128 + signum`` (130 for Ctrl-C, 143 for SIGTERM). A second
+    Ctrl-C more than a second after the first sets :attr:`kill_now`: the runner kills its jobs
+    at once (``interrupted``; they resume from their last periodic checkpoint). Repeats of other
+    signals are ignored (``timeout`` sends SIGTERM to the process and to its group).
+    On exit the previous handlers are restored.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.kill_now = False
+        self._first = 0.0
+        self.previous: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        del frame
+        if self.signum is None:
+            self.signum, self._first = signum, time.monotonic()
+        elif signum == signal.SIGINT and time.monotonic() - self._first > 1.0:
+            self.kill_now = True
+
+    def note(self, signum: int) -> None:
+        """Record a stop signal that an in-process job (``--executor debug``) received."""
+        if self.signum is None:
+            self.signum, self._first = signum, time.monotonic()
+
+    def __enter__(self) -> ForwardStops:
+        if threading.current_thread() is threading.main_thread():
+            for signum in FORWARDED_SIGNALS:
+                self.previous[signum] = signal.getsignal(signum)
+                signal.signal(signum, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)

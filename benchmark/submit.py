@@ -5,8 +5,9 @@
 - :func:`cluster_options_from_args` merges the YAML file and the flags (flags win);
 - :func:`execute_todo` runs prepared runs locally (:func:`benchmark.runner.execute_plan`) or
   submits them to SLURM (:func:`benchmark.slurm.submit_runs`; blocking only with ``--wait``);
-- :func:`execute_and_report` does that and prints the final counts with the ``table`` command
-  that shows the results, returning the command's exit code.
+- :func:`execute_and_report` does that and prints the final counts, what failed (error, log
+  file, the ``status`` command) and the ``table`` command when a run finished, returning the
+  command's exit code.
 """
 
 from __future__ import annotations
@@ -187,31 +188,82 @@ def execute_todo(
     return wait_for_runs(submitted)
 
 
+def _closing_lines(
+    todo: list, counts: dict[str, int], table_command: str, results_dir: Path
+) -> list[str]:
+    """What ``run``/``ablate`` print at the end: the counts, what did not finish and where to
+    look, and the ``table`` command only when a run (other than the ``mixture`` reference)
+    ended ``done``."""
+    from benchmark.runner import HELD_ELSEWHERE
+    from benchmark.store import FINISHED, read_status
+
+    ended = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()) if s in FINISHED) or "none"
+    stopped = ", ".join(
+        f"{n} {s}" for s, n in sorted(counts.items()) if s not in (*FINISHED, HELD_ELSEWHERE)
+    )
+    if stopped:
+        ended += (
+            f"; not finished: {stopped} (run the same command again: it resumes them from "
+            "their checkpoints)"
+        )
+    lines = [f"finished: {ended}."]
+    status_command = f"python -m benchmark status --results-dir {results_dir}"
+    states = {run.run_dir: read_status(run.run_dir) for run in todo}
+    bad = [r for r in todo if states[r.run_dir]["state"] in ("failed", "diverged")]
+    for run in bad[:5]:
+        status = states[run.run_dir]
+        error = (status.get("error") or "").strip().splitlines()
+        lines.append(
+            f"  {run.label} {status['state']}: {error[-1] if error else '?'} "
+            f"(log: {run.run_dir / 'log.txt'})"
+        )
+    if len(bad) > 5:
+        lines.append(f"  ... and {len(bad) - 5} more")
+    resumable = bool(stopped)
+    if counts.get(HELD_ELSEWHERE):
+        lines.append(
+            f"{counts[HELD_ELSEWHERE]} run(s) are being run by another process: "
+            f"`{status_command}` shows their progress."
+        )
+    useful = any(
+        states[r.run_dir]["state"] == "done" and r.config.method != "mixture" for r in todo
+    )
+    if bad:
+        lines.append(
+            f"`{status_command}` lists every run's state and error; `--retry-failed` re-runs "
+            "failed runs."
+        )
+    if useful:
+        lines.append(f"`{table_command}` shows the results.")
+    elif not bad and not resumable and not counts.get(HELD_ELSEWHERE):
+        lines.append(f"`{table_command}` shows the results.")  # e.g. only a re-evaluation
+    return lines
+
+
 def execute_and_report(
     todo: list, args: argparse.Namespace, cluster: ClusterOptions | None, table_command: str
 ) -> int:
-    """:func:`execute_todo`, then print ``finished: <n> <state>, ...`` and ``table_command``.
+    """:func:`execute_todo`, then print ``finished: <n> <state>, ...``, the runs that failed
+    (error and log file), and ``table_command`` when there is something new to show.
 
     Runs that stopped before finishing (``preempted``/``interrupted`` and no longer queued) are
     listed as ``not finished``: the same command resubmits them and they resume from their
     checkpoints.
 
     Returns:
-        The exit code of ``run``/``ablate``: 0 when every run ended ``done`` or SLURM jobs were
-        submitted without ``--wait``; 1 when any run failed, diverged or did not finish.
+        The exit code of ``run``/``ablate``: 0 when every run ended ``done`` (or is being run
+        by another process) or SLURM jobs were submitted without ``--wait``; 1 otherwise (a
+        run failed, diverged or was interrupted).
+
+    Raises:
+        benchmark.runner.Stopped: a local run was stopped by SIGINT/SIGTERM/SIGHUP (the CLI
+            prints its message and exits with ``128 + signal``).
     """
-    from benchmark.store import FINISHED
+    from benchmark.runner import HELD_ELSEWHERE
 
     counts = execute_todo(todo, args, cluster)
     if counts is None:  # submitted to SLURM, not waiting
         return 0
-    ended = {state: n for state, n in counts.items() if state in FINISHED}
-    summary = ", ".join(f"{n} {state}" for state, n in sorted(ended.items())) or "none"
-    stopped = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()) if s not in FINISHED)
-    if stopped:
-        summary += (
-            f"; not finished: {stopped} (run the same command again: it resumes them from "
-            "their checkpoints)"
-        )
-    print(f"finished: {summary}. `{table_command}` shows the results.")
-    return 0 if set(counts) <= {"done"} else 1
+    for line in _closing_lines(todo, counts, table_command, args.results_dir):
+        print(line)
+    return 0 if set(counts) <= {"done", HELD_ELSEWHERE} else 1

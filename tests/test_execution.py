@@ -115,7 +115,7 @@ def test_grid_with_one_raising_job_records_the_rest_done(data_root, tmp_path, ca
     assert "3 done, 1 failed" in out and "GroupNorm" in out
 
 
-def test_local_jobs_get_their_own_gpu_slot(data_root, tmp_path):
+def test_local_jobs_get_their_own_gpu_slot(data_root, tmp_path, monkeypatch):
     pool = GpuSlots([3, 5])
     assert pool.acquire() == 3 and pool.acquire() == 5 and pool.acquire() is None
     pool.release(3)
@@ -129,6 +129,14 @@ def test_local_jobs_get_their_own_gpu_slot(data_root, tmp_path):
     runs = list(iter_run_dirs(tmp_path))
     gpus = sorted(RunRecord(d).provenance["cuda_visible_devices"] for d in runs)
     assert gpus == ["3", "5"]
+    # without a pool, jobs see this process's GPUs (submitit alone would give them none: "")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")
+    args = ["--methods", "mixture", "--task", "mnist", "--device", "cpu"]
+    assert (
+        main(smoke_argv(tmp_path / "one", data_root, *args, "--set", "task.eval_mixtures=8")) == 0
+    )
+    (run_dir,) = iter_run_dirs(tmp_path / "one")
+    assert RunRecord(run_dir).provenance["cuda_visible_devices"] == "7"
 
 
 def test_sigterm_checkpoints_at_an_iteration_and_resumes_identically(data_root, tmp_path):
