@@ -101,6 +101,7 @@ def param(
     choices: tuple[Any, ...] | None = None,
     finite: bool = False,
     omit_at_default: bool = False,
+    identity: bool = True,
 ) -> Any:
     """A config field with its checks declared next to it (a ``dataclasses.field``).
 
@@ -111,6 +112,8 @@ def param(
         finite: refuse NaN and infinities.
         omit_at_default: leave the field out of the run's identity while it is at its default
             (fields added after runs were stored, so that no existing address changes).
+        identity: False for a setting that does not change what a run computes (e.g. how
+            often a learning curve is measured): never part of the run's address.
     """
     meta = {
         key: value
@@ -121,6 +124,8 @@ def param(
     }
     if omit_at_default:
         meta["omit_at_default"] = True
+    if not identity:
+        meta["identity"] = False
     return field(default=default, metadata=meta)
 
 
@@ -216,11 +221,22 @@ class EvalConfig:
         model: which weights to evaluate for methods with an EMA teacher: ``"ema"`` (the EMA
             teacher theta_T) or ``"student"`` (theta).
         euler_steps: sampler steps when a generative method separates (SURF: 5 Euler steps).
+        every: training steps between learning-curve points (0: no curve): the task's curve
+            metrics on the first ``curve_mixtures`` evaluation mixtures, recorded in
+            ``eval_curve.csv`` against the step and the training wall time. Not part of the
+            run's address: it does not change the trained model (the RNG states are restored
+            around each point).
+        curve_mixtures: evaluation mixtures per curve point (the first ones of the fixed set).
+        demo_mixtures: the estimates of the first this-many evaluation mixtures are kept in
+            ``demo.npz`` for the demo page (``python -m benchmark demo``); 0 keeps none.
     """
 
     batch_size: int = param(250, ge=1)
     model: str = param("ema", choices=("ema", "student"))
     euler_steps: int = param(5, ge=1)
+    every: int = param(0, ge=0, identity=False)
+    curve_mixtures: int = param(100, ge=1, identity=False)
+    demo_mixtures: int = param(8, ge=0, identity=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -875,7 +891,9 @@ def identity_dict(cfg: RunConfig, sections: tuple[str, ...] | None = None) -> di
         section = cfg.sections[name]
         values = to_dict(section)
         for f in fields(section):
-            if f.metadata.get("omit_at_default") and getattr(section, f.name) == f.default:
+            if f.metadata.get("identity") is False or (
+                f.metadata.get("omit_at_default") and getattr(section, f.name) == f.default
+            ):
                 del values[f.name]
         data[name] = values
     if method_cls.teacher_method:

@@ -308,8 +308,10 @@ def wait_for_runs(
       requeued, or its requeued job never restarted: ``scancel``, SLURM refusing to start it,
       ``max_requeues`` reached): the state is kept and a line says that ``run`` (the same
       command) resubmits it; it resumes from its checkpoint;
-    - otherwise (``pending``/``running``: killed by the scheduler for memory, node failure, a
-      broken batch script) the run is marked ``failed``.
+    - otherwise (``pending``/``running``: the job died without recording a status, e.g.
+      killed by the scheduler for memory or a lost node) the run is marked ``interrupted``,
+      like a local job killed with SIGKILL: ``run`` resubmits it and it resumes from its last
+      checkpoint (``failed`` is kept for runs whose own code raised).
 
     Returns:
         Count of the runs' states at the end, e.g. ``{"done": 4}`` or
@@ -344,11 +346,12 @@ def wait_for_runs(
                     )
                     continue
                 error = (
-                    f"SLURM job {job_id} left the queue without recording a status "
-                    f"(last state {state}); see its submitit log"
+                    f"SLURM job {job_id} ended without recording a status (last state {state}: "
+                    "killed for memory or time, or its node was lost); see its submitit log; "
+                    "`run` (the same command) resubmits it"
                 )
-                write_status(run_dir, "failed", job_id=job_id, error=error)
-                print(f"  {'failed':<8} {label:<24} job {job_id}  {error}", flush=True)
+                write_status(run_dir, "interrupted", job_id=job_id, error=error)
+                print(f"  {'interrupted':<8} {label:<24} job {job_id}  {error}", flush=True)
             else:
                 missing.pop(run_dir, None)
         if pending:
