@@ -109,6 +109,14 @@ def _cmd_figure(args: argparse.Namespace) -> int:
     # the output path, before any run is loaded or any figure drawn
     setting = "--out" if args.out else "the figure folder (default <results-dir>/figures)"
     fix = "Pass --out with a path that you can write to."
+    if args.which == "curves":
+        from benchmark.figures import curves_figure
+
+        task = args.task or FIGURE2_TASK
+        out = args.out or args.results_dir / "figures" / f"curves_{task}_{args.preset or 'any'}.png"
+        check_output_file(out, setting, fix)
+        print(f"wrote {curves_figure(args.results_dir, task, args.preset, out, methods)}")
+        return 0
     if args.which == "ablations":
         from benchmark.ablation import parse_studies
 
@@ -145,19 +153,27 @@ def _cmd_figure(args: argparse.Namespace) -> int:
 def add_figure_parser(sub, default_results_dir, default_data_root) -> None:
     """The ``figure`` subcommand: SURF Figure 2-style separations or Table 9 ablation plots."""
     p = sub.add_parser("figure", help="qualitative separations (SURF Fig. 2) or ablation plots")
-    p.add_argument("--which", default="separation", choices=["separation", "ablations"])
+    p.add_argument("--which", default="separation", choices=["separation", "ablations", "curves"])
     p.add_argument(
         "--task",
         default=None,
-        help=f"default: {FIGURE2_TASK} (separation, as SURF Fig. 2), {DEFAULT_TASK} (ablations)",
+        help=f"default: {FIGURE2_TASK} (separation, as SURF Fig. 2; curves), {DEFAULT_TASK} "
+        "(ablations)",
     )
-    p.add_argument("--preset", default=None, help="default: any (separation), paper (ablations)")
+    p.add_argument(
+        "--preset",
+        default=None,
+        help="default: any (separation), paper (ablations), the one with most curves (curves)",
+    )
     p.add_argument("--methods", default=None, help="comma list (default: all with finished runs)")
     p.add_argument("--num-mixtures", type=int, default=4, help="rows of the separation figure")
     p.add_argument("--study", default="all", help="ablations: ema, batch, beta or all")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="ablations: the run's overrides")
     p.add_argument(
-        "--out", type=Path, default=None, help="PNG file (separation) or folder (ablations)"
+        "--out",
+        type=Path,
+        default=None,
+        help="PNG file (separation, curves) or folder (ablations)",
     )
     p.add_argument("--results-dir", type=Path, default=default_results_dir())
     p.add_argument("--data-root", type=Path, default=default_data_root())

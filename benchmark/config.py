@@ -773,8 +773,8 @@ def _resolve_cached(
         section = key.split(".")[0]
         if section in schemas:
             add(key, _override_value(key, text), where)
-            if section in identity:  # label table rows only with what changes the run
-                applied.append(f"{key}={text}")
+            if section in identity and _in_identity(schemas[section], key.split(".")[1]):
+                applied.append(f"{key}={text}")  # label table rows only with what changes the run
     sections = {}
     for name, schema in schemas.items():
         frozen = tuple((src, tuple(vals)) for src, vals in layers[name])
@@ -796,6 +796,11 @@ def _resolve_cached(
     for cls in (method_cls, task_cls):
         cls.check_config(cfg)
     return cfg
+
+
+def _in_identity(schema: type, name: str) -> bool:
+    """Whether field ``name`` of ``schema`` can be part of a run's address."""
+    return next((f.metadata.get("identity", True) for f in fields(schema) if f.name == name), True)
 
 
 def _check_key(key: str, where: str) -> None:

@@ -5,6 +5,10 @@ separations like SURF Figure 2.
   variant (mean ± std over seeds as error bars), the paper's Table 9 values dashed. EMA decay is
   plotted against ``1 - alpha`` on a log axis (alpha = 0 at the right end is ``1 - alpha = 1``),
   batch size on a log2 axis, beta as grouped bars.
+- :func:`curves_figure`: learning curves (``eval.every``): the task's main curve metric against
+  the training step and against the training wall time, one line per method (mean over seeds),
+  the ``mixture`` reference on the same mixtures and each method's paper number as horizontal
+  references.
 - :func:`separation_figure`: rows of evaluation mixtures; per row the mixture, the ground-truth
   pair and each method's separated pair (matched to the ground truth by the PSNR-best
   permutation, as in scoring). The mixtures are the first ``N`` of the task's fixed evaluation
@@ -30,9 +34,16 @@ from benchmark.registry import get_method, get_task  # noqa: E402
 from benchmark.store import atomic_write_bytes, iter_records  # noqa: E402
 from benchmark.tables.layouts import DEFAULT_METHODS, DEFAULT_TASK, FIGURE2_TASK  # noqa: E402
 
-__all__ = ["ablation_figures", "pick_runs", "separation_figure"]
+__all__ = ["ablation_figures", "curves_figure", "curve_points", "pick_runs", "separation_figure"]
 
-_METRIC_LABELS = {"psnr": "PSNR (dB) ↑", "ssim": "SSIM ↑", "lpips": "LPIPS ↓"}
+_METRIC_LABELS = {
+    "psnr": "PSNR (dB) ↑",
+    "ssim": "SSIM ↑",
+    "lpips": "LPIPS ↓",
+    "si_sdr": "SI-SDR (dB) ↑",
+    "si_sdri": "SI-SDRi (dB) ↑",
+    "fuss_msi": "MSi (dB) ↑",
+}
 
 
 def _save(fig, path: Path, dpi: int) -> Path:
@@ -348,3 +359,163 @@ def to_task_key(cfg) -> tuple:
     """What fixes the evaluation set: task name, K, task seed, number of mixtures."""
     t = cfg.task
     return (t.name, t.num_sources, t.seed, t.eval_mixtures)
+
+
+def curve_points(results_dir: Path, task: str, preset: str | None = None) -> pd.DataFrame:
+    """Every learning-curve point (``eval_curve.csv``) of ``task`` in the store, long format.
+
+    Args:
+        results_dir: the results folder.
+        task: task name.
+        preset: only this preset (None: all).
+
+    Returns:
+        Columns ``method, seed, preset, variant, state, step, train_time_s, metric, value``,
+        one row per point and curve metric; runs still training count (their state says so).
+    """
+    rows = []
+    for record in iter_records(results_dir):
+        if record.task != task or not (record.path / "eval_curve.csv").is_file():
+            continue
+        if preset is not None and record.preset != preset:
+            continue
+        points = pd.read_csv(record.path / "eval_curve.csv")
+        metrics = [c for c in points.columns if c not in ("step", "train_time_s", "eval_time_s")]
+        for point in points.itertuples(index=False):
+            for metric in metrics:
+                rows.append(
+                    {
+                        "method": record.method,
+                        "seed": record.seed,
+                        "preset": record.preset,
+                        "variant": record.variant,
+                        "state": record.state,
+                        "step": int(point.step),
+                        "train_time_s": float(point.train_time_s),
+                        "metric": metric,
+                        "value": float(getattr(point, metric)),
+                    }
+                )
+    columns = ["method", "seed", "preset", "variant", "state", "step", "train_time_s"]
+    return pd.DataFrame(rows, columns=[*columns, "metric", "value"])
+
+
+def _mixture_reference(results_dir: Path, task: str, preset: str, metric: str, n: int):
+    """The ``mixture`` row's ``metric`` on the first ``n`` evaluation mixtures (the curve's)."""
+    for record in iter_records(results_dir):
+        try:
+            reference = bool(get_method(record.method).reference_only)
+        except KeyError:
+            reference = False
+        if reference and record.task == task and record.preset == preset and record.is_done():
+            scores = record.scores()
+            if scores is not None and metric in scores:
+                return float(scores[metric].iloc[:n].mean())
+    return None
+
+
+def curves_figure(
+    results_dir: Path,
+    task: str,
+    preset: str | None,
+    out: Path,
+    methods: list[str] | None = None,
+    dpi: int = 120,
+) -> Path:
+    """Learning curves of every method of ``task`` (one preset) on one figure: the task's main
+    curve metric against the training step (left) and the training wall time (right), the mean
+    over seeds per method, the ``mixture`` reference on the same evaluation mixtures (dotted)
+    and each method's paper number (dashed, its colour) as horizontal lines.
+
+    Args:
+        results_dir: the results folder.
+        task: task name.
+        preset: the preset (None: the one with the most curves).
+        out: the PNG file.
+        methods: methods to show (None: every method with a curve, in Table 1 order).
+        dpi: resolution.
+
+    Returns:
+        ``out``.
+
+    Raises:
+        FileNotFoundError: no run of ``task`` has learning-curve points (the message says how
+            to record them: ``eval.every``).
+    """
+    from benchmark.tables import LAYOUTS, paper_numbers
+
+    points = curve_points(results_dir, task, preset)
+    if methods is not None:
+        points = points[points.method.isin(methods)]
+    if points.empty:
+        raise FileNotFoundError(
+            f"no learning curves for task {task!r} in {results_dir}: runs record them with "
+            "--set eval.every=N (on in the cpu and paper presets)"
+        )
+    if preset is None:
+        preset = points.groupby("preset").method.nunique().idxmax()
+        points = points[points.preset == preset]
+    try:
+        metric = (get_task(task).curve_metrics or (next(iter(get_task(task).metrics)),))[0]
+    except KeyError:
+        metric = sorted(points.metric.unique())[0]
+    points = points[points.metric == metric]
+    order = list(LAYOUTS["surf_table1"].rows or ())
+    lines = sorted(
+        {(r.method, r.variant) for r in points.itertuples(index=False)},
+        key=lambda mv: (order.index(mv[0]) if mv[0] in order else 99, mv[0], mv[1]),
+    )
+    paper = paper_numbers()
+    paper = paper[(paper.task == task) & (paper.metric == metric) & (paper.variant == "")]
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.2), sharey=True)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    methods_drawn: dict[str, str] = {}
+    for i, (method, variant) in enumerate(lines):
+        colour = colours[i % len(colours)]
+        part = points[(points.method == method) & (points.variant == variant)]
+        mean = part.groupby("step").agg(value=("value", "mean"), time=("train_time_s", "mean"))
+        seeds = part.seed.nunique()
+        label = _display(method) + (f" [{variant}]" if variant else "")
+        label += f" ({seeds} seeds)" if seeds > 1 else ""
+        if (part.state != "done").any():
+            label += " (training)"
+        axes[0].plot(mean.index, mean.value, marker=".", color=colour, label=label)
+        axes[1].plot(mean.time / 60.0, mean.value, marker=".", color=colour)
+        methods_drawn.setdefault(method, colour)
+    for method, colour in methods_drawn.items():
+        ref = paper[paper.method == method]
+        if len(ref):  # the paper's number of the method's default setting
+            for ax in axes:
+                ax.axhline(float(ref.value.iloc[0]), color=colour, linestyle="--", linewidth=0.8)
+    n = int(get_curve_mixtures(results_dir, task, preset) or 0)
+    mixture = _mixture_reference(results_dir, task, preset, metric, n) if n else None
+    if mixture is not None:
+        for ax in axes:
+            ax.axhline(mixture, color="black", linestyle=":", linewidth=1.0)
+        axes[0].plot([], [], color="black", linestyle=":", label="Mixture (no separation)")
+    if len(paper):
+        axes[0].plot([], [], color="grey", linestyle="--", label="paper (method's colour)")
+    axes[0].set_xlabel("training step")
+    axes[1].set_xlabel("training wall time (min, curve points excluded)")
+    axes[0].set_ylabel(_METRIC_LABELS.get(metric, metric))
+    try:
+        title = get_task(task).display_name
+    except KeyError:
+        title = task
+    fig.suptitle(f"Learning curves · {title} · preset {preset} · {n} evaluation mixtures")
+    axes[0].legend(fontsize=8, loc="best")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, Path(out), dpi)
+
+
+def get_curve_mixtures(results_dir: Path, task: str, preset: str) -> int | None:
+    """The number of evaluation mixtures of the curves of ``task`` at ``preset`` (their
+    ``eval.curve_mixtures``, capped by the evaluation set), or None without curves."""
+    for record in iter_records(results_dir):
+        if record.task == task and record.preset == preset:
+            if (record.path / "eval_curve.csv").is_file():
+                cfg = record.raw_config
+                return min(cfg["eval"]["curve_mixtures"], cfg["task"]["eval_mixtures"])
+    return None

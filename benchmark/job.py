@@ -199,8 +199,90 @@ class _Progress:
             self.bar.close()
 
 
+class LearningCurve:
+    """Learning-curve points of a run (``eval.every``; issue "Results you can see").
+
+    Every ``eval.every`` training steps (and at step 0 and the last step) the method separates
+    the first ``eval.curve_mixtures`` mixtures of the fixed evaluation set, exactly as the final
+    evaluation does (its networks in eval mode, sampling noise seeded with ``10_000 + seed``),
+    and the task scores them with :meth:`tasks.base.Task.curve_scores`. The torch RNG states
+    are restored afterwards and the time spent is left out of the training time, so a run with
+    a curve trains exactly as one without. Points live in the training checkpoint, so a resumed
+    run's curve has no gap and no duplicate, and are written to ``eval_curve.csv`` (``step``,
+    ``train_time_s``, ``eval_time_s`` and one column per curve metric).
+
+    Args:
+        method: the method being trained.
+        task: its task.
+        cfg: the run's config (``eval.every``, ``eval.curve_mixtures``, ``eval.batch_size``).
+        run_dir: where ``eval_curve.csv`` goes.
+        points: points restored from a checkpoint.
+    """
+
+    def __init__(self, method, task, cfg: RunConfig, run_dir: Path, points=None) -> None:
+        self.method, self.task, self.cfg, self.run_dir = method, task, cfg, run_dir
+        self.every = int(cfg.eval.every)
+        self.points: list[dict[str, float]] = list(points or [])
+
+    @property
+    def spent_s(self) -> float:
+        """Seconds spent measuring the curve so far (its share of training time is reported)."""
+        return float(sum(p["eval_time_s"] for p in self.points))
+
+    def due(self, step: int) -> bool:
+        """Whether step ``step`` (iterations done) gets a point."""
+        if self.every <= 0 or any(p["step"] == step for p in self.points):
+            return False
+        return step % self.every == 0 or step == self.cfg.train.steps
+
+    @torch.no_grad()
+    def measure(self, step: int, train_time: float) -> float:
+        """Record the point of step ``step``; returns the seconds it took."""
+        started = time.time()
+        rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        data = self.task.eval_set()
+        count = min(self.cfg.eval.curve_mixtures, data.mixtures.shape[0])
+        generator = torch.Generator(device=self.method.device).manual_seed(10_000 + self.cfg.seed)
+        self.method.eval_mode()
+        estimates = []
+        for begin in range(0, count, self.cfg.eval.batch_size):
+            end = min(count, begin + self.cfg.eval.batch_size)
+            batch = data.mixtures[begin:end].to(self.method.device)
+            estimates.append(self.method.separate(batch, generator).float().cpu())
+        self.method.train_mode()
+        torch.set_rng_state(rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+        lengths = getattr(data, "lengths", None)
+        values = self.task.curve_scores(
+            torch.cat(estimates),
+            data.sources[:count].cpu(),
+            data.mixtures[:count].cpu(),
+            lengths=None if lengths is None else lengths[:count].cpu(),
+        )
+        spent = time.time() - started
+        self.points.append(
+            {"step": step, "train_time_s": train_time, "eval_time_s": spent, **values}
+        )
+        self.points.sort(key=lambda p: p["step"])
+        return spent
+
+    def write(self) -> None:
+        """Write ``eval_curve.csv`` (atomically)."""
+        if self.points:
+            atomic_write_csv(self.run_dir / "eval_curve.csv", pd.DataFrame(self.points))
+
+
 def _checkpoint(
-    path: Path, method, step: int, generator, curve, train_time: float, window=None
+    path: Path,
+    method,
+    step: int,
+    generator,
+    curve,
+    train_time: float,
+    window=None,
+    eval_curve: LearningCurve | None = None,
 ) -> None:
     state = {
         "step": step,
@@ -215,13 +297,21 @@ def _checkpoint(
         # losses of the iterations since the last curve record (a checkpoint written on a stop
         # signal falls between records): restored so the resumed curve equals the uninterrupted
         "window": window or {},
+        "eval_curve": list(eval_curve.points) if eval_curve is not None else [],
     }
     atomic_torch_save(path / "checkpoint.pt", state)
+    if eval_curve is not None:
+        eval_curve.write()
 
 
 def _train(
-    method, cfg: RunConfig, run_dir: Path, device: torch.device, stop: StopSignals | None = None
-) -> tuple[list, float]:
+    method,
+    cfg: RunConfig,
+    run_dir: Path,
+    device: torch.device,
+    stop: StopSignals | None = None,
+    task=None,
+) -> tuple[list, float, LearningCurve]:
     steps = cfg.train.steps
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     curve: list[dict[str, float]] = []
@@ -241,9 +331,13 @@ def _train(
         method.load_extra_state(state["extra"])
         start, curve, train_time = state["step"], state["curve"], state["train_time"]
         window_state = state.get("window") or {}
+        eval_points = state.get("eval_curve") or []
         log.info("resumed from checkpoint at step %d/%d", start, steps)
+    else:
+        eval_points = []
+    lc = LearningCurve(method, task or method.task, cfg, run_dir, eval_points)
     if start >= steps:
-        return curve, train_time
+        return curve, train_time, lc
     progress = _Progress(run_dir, steps, start, f"{cfg.method} train")
     method.train_mode()
     window: dict[str, list[float]] = {k: list(v) for k, v in window_state.items()}
@@ -255,6 +349,8 @@ def _train(
     if stop is not None:
         stop.in_training = True
     try:
+        if lc.due(start):  # the untrained (or restored) network: the curve's first point
+            t0 += lc.measure(start, train_time)
         for step in range(start, steps):
             if cfg.train.warmup_steps > 0:
                 scale = min(1.0, (step + 1) / cfg.train.warmup_steps)
@@ -276,15 +372,18 @@ def _train(
                 shown_loss = sum(window["loss"]) / len(window["loss"])
             # from the first iteration on, at most once a second (no extra host sync)
             progress.update(done, "train", loss=shown_loss)
+            if lc.due(done):  # left out of the training time
+                t0 += lc.measure(done, train_time + time.time() - t0)
             if done % cfg.train.ckpt_every == 0 and done < steps:
-                _checkpoint(run_dir, method, done, generator, curve, train_time + time.time() - t0)
+                elapsed = train_time + time.time() - t0
+                _checkpoint(run_dir, method, done, generator, curve, elapsed, eval_curve=lc)
                 atomic_write_csv(run_dir / "curve.csv", pd.DataFrame(curve))
             if step_delay > 0:
                 time.sleep(step_delay)
             if stop is not None and stop.requested is not None and done < steps:
                 # a stop signal: checkpoint at this iteration boundary, then stop
                 elapsed = train_time + time.time() - t0
-                _checkpoint(run_dir, method, done, generator, curve, elapsed, window)
+                _checkpoint(run_dir, method, done, generator, curve, elapsed, window, lc)
                 atomic_write_csv(run_dir / "curve.csv", pd.DataFrame(curve))
                 log.warning("stop signal: checkpoint written at step %d/%d", done, steps)
                 raise Preempted(stop.requested, done)
@@ -293,9 +392,9 @@ def _train(
             stop.in_training = False
         progress.close()
     train_time += time.time() - t0
-    _checkpoint(run_dir, method, steps, generator, curve, train_time)
+    _checkpoint(run_dir, method, steps, generator, curve, train_time, eval_curve=lc)
     atomic_write_csv(run_dir / "curve.csv", pd.DataFrame(curve))
-    return curve, train_time
+    return curve, train_time, lc
 
 
 @torch.no_grad()
@@ -492,9 +591,10 @@ def _execute_locked(
             teacher = load_trained_method(record.teacher.path, Path(data_root), dev, task)
         method = method_cls(cfg, task, dev)
         method.setup(teacher)
-        curve, train_time = [], 0.0
+        curve, train_time, curve_eval_s = [], 0.0, 0.0
         if not method_cls.reference_only and cfg.train.steps > 0:
-            curve, train_time = _train(method, cfg, path, dev, stop)
+            curve, train_time, learning_curve = _train(method, cfg, path, dev, stop, task)
+            curve_eval_s = learning_curve.spent_s
             atomic_torch_save(
                 path / "model.pt", {n: m.state_dict() for n, m in method.modules().items()}
             )
@@ -519,7 +619,12 @@ def _execute_locked(
         metrics = metrics_record(
             task,
             scores,
-            timings={"train_time_s": train_time, "eval_time_s": eval_time},
+            timings={
+                "train_time_s": train_time,
+                "eval_time_s": eval_time,
+                # learning-curve points (eval.every), measured during training, not in train_time
+                "curve_eval_time_s": curve_eval_s,
+            },
             training={"final_loss": curve[-1]["loss"] if curve else None},
             extra=[perceptual],
             provenance=provenance,

@@ -218,6 +218,7 @@ class AudioTask(Task):
     default_segment_s: ClassVar[float]
     #: metric families of :func:`tasks.audio_metrics.score_audio_mixture` this task reports
     metric_families: ClassVar[tuple[str, ...]] = ("si_sdr",)
+    curve_metrics: ClassVar[tuple[str, ...]] = ("si_sdr", "si_sdri")
     #: reference indices averaged into a row (None: all sources)
     scored_sources: ClassVar[tuple[int, ...] | None] = None
 
@@ -239,7 +240,12 @@ class AudioTask(Task):
         return mixtures[:, None].expand(-1, self.num_sources, -1).contiguous()
 
     def score(
-        self, estimates: Tensor, sources: Tensor, mixtures: Tensor, lengths: Tensor | None = None
+        self,
+        estimates: Tensor,
+        sources: Tensor,
+        mixtures: Tensor,
+        lengths: Tensor | None = None,
+        families: tuple[str, ...] | None = None,
     ) -> pd.DataFrame:
         """Per-mixture audio scores (``tasks/audio_metrics.py``), in ``self.workers`` processes.
 
@@ -248,6 +254,8 @@ class AudioTask(Task):
             sources: ``(N, K, T)``.
             mixtures: ``(N, T)``.
             lengths: ``(N,)`` valid samples per item (zero-padded evaluation sets), or None.
+            families: metric families to compute (default: the task's ``metric_families``;
+                given, the items are scored in this process).
 
         Returns:
             One row per mixture: ``mixture`` and the task's metric columns (see
@@ -273,15 +281,23 @@ class AudioTask(Task):
         rows = map_items(
             score_audio_mixture,
             items,
-            self.workers,
+            self.workers if families is None else 1,
             sample_rate=self.sample_rate,
-            families=self.metric_families,
+            families=self.metric_families if families is None else families,
             zero_mean=self.config.si_sdr_zero_mean,
             scored=self.scored_sources,
         )
         frame = pd.DataFrame(rows)
         frame.insert(0, "mixture", np.arange(len(rows)))
         return frame
+
+    def curve_scores(
+        self, estimates: Tensor, sources: Tensor, mixtures: Tensor, lengths: Tensor | None = None
+    ) -> dict[str, float]:
+        """SI-SDR and SI-SDRi (dB) only, in this process: a learning-curve point costs no
+        PESQ, ESTOI or DNSMOS (see :meth:`tasks.base.Task.curve_scores`)."""
+        scores = self.score(estimates, sources, mixtures, lengths, families=("si_sdr",))
+        return {m: float(scores[m].mean()) for m in self.curve_metrics}
 
     def summarize(self, scores: pd.DataFrame) -> dict[str, dict[str, Any]]:
         """The SI-SDR variant and sample rate used (``settings``) and, where PESQ/ESTOI are

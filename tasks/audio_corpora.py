@@ -494,6 +494,14 @@ class FussTask(AudioTask):
         frame.insert(0, "mixture", np.arange(len(frame)))
         return frame
 
+    def curve_scores(
+        self, estimates: Tensor, sources: Tensor, mixtures: Tensor, lengths: Tensor | None = None
+    ) -> dict[str, float]:
+        """The pooled FUSS numbers of the curve's mixtures: MSi and 1S (dB), NaN when none of
+        them has that many sources (see :meth:`tasks.base.Task.curve_scores`)."""
+        metrics = self.summarize(self.score(estimates, sources, mixtures))["metrics"]
+        return {m: float(metrics[m]) for m in ("fuss_msi", "fuss_1s")}
+
     def summarize(self, scores: pd.DataFrame) -> dict[str, dict[str, Any]]:
         """The pooled FUSS numbers (:func:`tasks.fuss_metrics.fuss_summary`): they replace the
         per-mixture means in ``metrics.json`` (``metrics``), with their std (``spread``) and

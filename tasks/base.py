@@ -151,6 +151,31 @@ class Task(ABC):
     def score(self, estimates: Tensor, sources: Tensor, mixtures: Tensor) -> pd.DataFrame:
         """Per-mixture scores, one row per mixture, one column per metric (plus ``mixture``)."""
 
+    #: metrics of the learning curve (``eval.every``), the task's main metric first; empty: the
+    #: first of :attr:`metrics`
+    curve_metrics: ClassVar[tuple[str, ...]] = ()
+
+    def curve_scores(
+        self, estimates: Tensor, sources: Tensor, mixtures: Tensor, lengths: Tensor | None = None
+    ) -> dict[str, float]:
+        """Means of the :attr:`curve_metrics` over a few evaluation mixtures (one point of a
+        learning curve; ``benchmark.job.LearningCurve``). By default :meth:`score` and the
+        means of its columns; tasks with costly metrics compute only the curve's.
+
+        Args:
+            estimates: ``(n, K, *D)`` estimates of the first ``n`` evaluation mixtures.
+            sources: ``(n, K, *D)`` their sources.
+            mixtures: ``(n, *D)`` the mixtures.
+            lengths: ``(n,)`` valid samples (zero-padded audio), or None.
+
+        Returns:
+            ``{metric: mean}`` in the metric's unit (dB for PSNR and SI-SDR).
+        """
+        kwargs = {} if lengths is None else {"lengths": lengths}
+        scores = self.score(estimates, sources, mixtures, **kwargs)
+        names = self.curve_metrics or (next(iter(self.metrics)),)
+        return {m: float(scores[m].mean()) for m in names}
+
     def summarize(self, scores: pd.DataFrame) -> dict[str, dict[str, object]]:
         """Entries for the sections of ``metrics.json`` beyond the per-mixture means of
         :attr:`metrics` (which the job computes): ``{"metrics": {...}, "spread": {...},

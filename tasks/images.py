@@ -269,6 +269,7 @@ class ImageTask(Task):
 
     dataset: ClassVar[str]
     metrics: ClassVar[dict[str, str]] = {"psnr": "max", "ssim": "max"}
+    curve_metrics: ClassVar[tuple[str, ...]] = ("psnr", "ssim")
     #: how the task's images differ from the dataset's files (noted beside perceptual metrics)
     preprocessing: ClassVar[str] = ""
     #: LPIPS, FID and IS are computed for every run on an image task

@@ -31,8 +31,9 @@ from benchmark.cli import main
 from benchmark.store import RunRecord, iter_run_dirs, read_json, read_status
 
 REPO = Path(__file__).resolve().parent.parent
-# a checkpoint every 10 iterations, a curve record every 5 (ckpt_every a multiple of log_every)
-OVERRIDES = ["train.steps=40", "train.ckpt_every=10", "train.log_every=5"]
+# a checkpoint every 10 iterations, a curve record every 5 (ckpt_every a multiple of log_every),
+# a learning-curve point every 5 (eval.every: not part of the run's address)
+OVERRIDES = ["train.steps=40", "train.ckpt_every=10", "train.log_every=5", "eval.every=5"]
 # on the CPU: bitwise-identical results after a resume are a CPU property (cuDNN autotunes)
 MIXIT = ["--methods", "mixit", "--task", "mnist", "--device", "cpu", "--set", *OVERRIDES]
 KEYS = ("psnr", "ssim", "final_loss")
@@ -129,6 +130,11 @@ def _resume_and_compare(results: Path, data_root: Path, run_dir: Path, reference
     curve, clean = (pd.read_csv(d / "curve.csv") for d in (run_dir, reference))
     assert curve["step"].tolist() == list(range(5, 41, 5))  # no gap, no duplicate
     assert curve["loss"].tolist() == clean["loss"].tolist()
+    # the learning curve survives the stop: every point once, equal to the uninterrupted run's
+    points, clean_points = (pd.read_csv(d / "eval_curve.csv") for d in (run_dir, reference))
+    assert points["step"].tolist() == list(range(0, 41, 5))
+    assert points["psnr"].tolist() == clean_points["psnr"].tolist()
+    assert points["ssim"].tolist() == clean_points["ssim"].tolist()
     return (run_dir / "log.txt").read_text()
 
 
