@@ -389,3 +389,47 @@ def test_internal_errors_keep_their_traceback(tmp_path, monkeypatch):
     monkeypatch.setattr(benchmark.status, "render_status", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["status", "--results-dir", str(tmp_path / "results")])
+
+
+# --------------------------------------------------------------------------------------------
+# settings: a misspelt --set method prefix, section or field, and values out of their declared
+# range are refused before anything is written
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("setting", "needles"),
+    [
+        ("mixitt:train.steps=3", ("unknown method prefix 'mixitt'", "did you mean 'mixit'")),
+        ("trian.steps=3", ("unknown config section 'trian'", "did you mean 'train'")),
+        ("train.stepz=3", ("unknown config field 'train.stepz'", "did you mean 'steps'")),
+        ("train.lr=-1", ("train.lr must be > 0.0, got -1.0", "(set by --set train.lr=-1)")),
+        ("train.lr=0", ("train.lr must be > 0.0, got 0.0",)),
+        ("train.batch_size=0", ("train.batch_size must be >= 1, got 0",)),
+        ("surf.ema_decay=1.5", ("surf.ema_decay must be <= 1.0, got 1.5",)),
+        ("mixit.loss=l2", ("mixit.loss must be one of 'mse', 'snr'; got 'l2'",)),
+        ("train.steps=many", ("train.steps", "could not be converted to Integer")),
+        ("net.ch_mult=1,x", ("net.ch_mult", "--set net.ch_mult=1,x")),
+    ],
+)
+def test_bad_settings_are_named_before_any_run(tmp_path, data_root, capsys, setting, needles):
+    results = tmp_path / "results"
+    argv = _run(results, data_root, "--methods", "surf_sr", "--task", "mnist", "--set", setting)
+    _fails(argv, capsys, *needles)
+    assert not results.exists()
+
+
+def test_result_files_are_readable_by_the_group(tmp_path, data_root, capsys):
+    """Results folders are shared on clusters: files 0644 and folders 0755 (umask 022)."""
+    results = tmp_path / "results"
+    old = os.umask(0o022)
+    try:
+        assert main(_run(results, data_root, "--methods", "mixture", "--task", "mnist")) == 0
+    finally:
+        os.umask(old)
+    files = [p for p in results.rglob("*") if p.is_file() and ".run.lock" not in p.name]
+    assert any(p.name == "metrics.json" for p in files)
+    for path in files:
+        assert path.stat().st_mode & 0o777 == 0o644, path
+    for path in [p for p in results.rglob("*") if p.is_dir()]:
+        assert path.stat().st_mode & 0o777 == 0o755, path
