@@ -179,10 +179,18 @@ def _cmd_table(args: argparse.Namespace) -> int:
     methods = _csv_list(args.methods) if args.methods else None
     overrides = parse_overrides(args.set or [])
     text, notes = render(
-        args.results_dir, args.task, args.format, args.preset, args.which, methods, overrides
+        args.results_dir,
+        args.task,
+        args.format,
+        args.preset,
+        args.which,
+        methods,
+        overrides,
+        ci=args.ci,
+        compare=args.compare,
     )
     print(text)
-    if args.format == "csv":  # md and latex carry these notes under the tables
+    if args.format == "csv":  # md, latex and html carry these notes under the tables
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
     return 0
@@ -266,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_table = sub.add_parser("table", help="paper-style results table")
     p_table.add_argument("--task", default=None, help="only this task")
     p_table.add_argument("--preset", default=None, help="only this preset")
-    p_table.add_argument("--format", default="md", choices=["md", "latex", "csv"])
+    p_table.add_argument("--format", default="md", choices=["md", "latex", "csv", "html"])
     p_table.add_argument(
         "--which",
         default="table1",
@@ -277,6 +285,19 @@ def build_parser() -> argparse.ArgumentParser:
     p_table.add_argument("--results-dir", type=Path, default=default_results_dir())
     p_table.add_argument("--methods", default=None, help="table9: SURF variants")
     p_table.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="table9: run overrides")
+    p_table.add_argument(
+        "--ci",
+        action="store_true",
+        help="cells as mean [low, high]: 95%% interval (one seed: BCa bootstrap over the "
+        "evaluation mixtures; several seeds: t-interval over seeds)",
+    )
+    p_table.add_argument(
+        "--compare",
+        default=None,
+        metavar="METHOD",
+        help="add each row's difference to METHOD on the same mixtures and seeds, with its 95%% "
+        "interval; bold where it excludes 0 (table1, table2)",
+    )
     p_table.set_defaults(func=_cmd_table)
 
     from benchmark.cli_ablate import add_ablate_parser, add_figure_parser

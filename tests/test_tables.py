@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pandas as pd
@@ -95,15 +96,23 @@ def _latex_headers(tex: str) -> list[str]:
     return [lines[i + 1] for i, line in enumerate(lines) if line == r"\toprule"]
 
 
-def _all(results: Path, fmt: str) -> str:
+#: ``table --ci --compare mixit`` (``--compare`` is for method rows: not on Table 9)
+WITH_CI = {"ci": True, "compare": "mixit"}
+
+
+def _all(results: Path, fmt: str, ci: bool = False, compare: str | None = None) -> str:
     return "\n\n".join(
-        render_table(results, fmt=fmt, which=which) for which in ("table1", "table2", "table9")
+        render_table(
+            results, fmt=fmt, which=which, ci=ci, compare=compare if which != "table9" else None
+        )
+        for which in ("table1", "table2", "table9")
     )
 
 
 def test_latex_of_every_layout_compiles_with_pdflatex(store, tmp_path):
     pdflatex = _pdflatex()
-    tex = _all(store["results"], "latex")
+    tex = _all(store["results"], "latex") + "\n\n" + _all(store["results"], "latex", **WITH_CI)
+    assert r"$\Delta$ PSNR vs MixIT" in tex and "[95 \\% confidence interval" in tex
     assert tex.startswith("% python -m benchmark table --format latex; preamble:")
     shown = {lay.title for lay in LAYOUTS.values() if latex_escape(lay.title) in tex}
     assert shown == {lay.title for lay in LAYOUTS.values()}  # every paper table is in there
@@ -133,19 +142,26 @@ def test_latex_escapes_keys_and_has_the_md_columns(store):
     assert latex_escape("preset `smoke` · α=0.9 ± ↑") == (
         r"preset \texttt{smoke} $\cdot$ $\alpha$=0.9 $\pm$ $\uparrow$"
     )
-    md, tex = _all(store["results"], "md"), _all(store["results"], "latex")
-    assert "surf_sr" in md and r"surf\_sr" in tex  # "Not run: surf_sr seed 0: ..." (Table 9)
-    body = "\n".join(line for line in tex.splitlines() if not line.startswith("%"))
-    body = re.sub(r"\$\\[a-zA-Z]+\$", "", body).replace(" & ", " ").replace("{!}{%", "")
-    assert not re.search(r"(?<!\\)[_%&#$^~]", body), "a special character is not escaped"
-    # the same columns as md, paper columns included, in the same order, display names
-    md_headers, tex_headers = _md_headers(md), _latex_headers(tex)
-    assert len(md_headers) == len(tex_headers) >= len(LAYOUTS)
-    for cols, line in zip(md_headers, tex_headers, strict=True):
-        assert line == " & ".join(latex_escape(c) for c in cols) + r" \\"
-        assert "paper" in cols
-    assert r"SURF (Self-Remixing) PSNR $\uparrow$" in tex and r"\textbf{" in tex
-    assert r"FID $\downarrow$" in tex and r"LPIPS $\downarrow$" in tex
+    for options in ({}, WITH_CI):
+        md = _all(store["results"], "md", **options)
+        tex = _all(store["results"], "latex", **options)
+        assert "surf_sr" in md and r"surf\_sr" in tex  # "Not run: surf_sr seed 0: ..." (Table 9)
+        body = "\n".join(line for line in tex.splitlines() if not line.startswith("%"))
+        body = re.sub(r"\$\\[a-zA-Z]+\$", "", body).replace(" & ", " ").replace("{!}{%", "")
+        assert not re.search(r"(?<!\\)[_%&#$^~]", body), "a special character is not escaped"
+        # the same columns as md, paper columns included, in the same order, display names
+        md_headers, tex_headers = _md_headers(md), _latex_headers(tex)
+        assert len(md_headers) == len(tex_headers) >= len(LAYOUTS)
+        for cols, line in zip(md_headers, tex_headers, strict=True):
+            assert line == " & ".join(latex_escape(c) for c in cols) + r" \\"
+            assert "paper" in cols
+        assert r"SURF (Self-Remixing) PSNR $\uparrow$" in tex and r"\textbf{" in tex
+        assert r"FID $\downarrow$" in tex and r"LPIPS $\downarrow$" in tex
+        # html: every layout well-formed, with the same column headings as md
+        page = ET.fromstring(f"<body>{_all(store['results'], 'html', **options)}</body>")
+        heads = [[th.text for th in tr] for tr in page.iter("tr") if tr.find("th[@scope='col']")
+                 is not None]  # fmt: skip
+        assert heads == md_headers
 
 
 def test_one_seed_shows_no_spread(store):

@@ -1,10 +1,13 @@
 """Paper-shaped tables from the results store: one engine (:mod:`benchmark.tables.engine`)
 renders the layouts declared as data in :mod:`benchmark.tables.layouts` (SURF Tables 1, 2, 3,
-4, 9; sparse-MixIT Table 1; MixPIT/MixCycle Table I) as ``md``, ``latex`` or ``csv``."""
+4, 9; sparse-MixIT Table 1; MixPIT/MixCycle Table I) as ``md``, ``latex``, ``csv`` or
+``html``, with the confidence intervals and paired differences of
+:mod:`benchmark.tables.stats` on request (``ci``, ``compare``)."""
 
 from benchmark.tables.engine import (
     display_name,
     format_cell,
+    format_interval,
     latex_escape,
     load_results,
     paper_numbers,
@@ -20,6 +23,7 @@ __all__ = [
     "TableLayout",
     "display_name",
     "format_cell",
+    "format_interval",
     "latex_escape",
     "layouts_for",
     "load_results",
