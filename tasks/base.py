@@ -166,6 +166,24 @@ class Task(ABC):
     def score(self, estimates: Tensor, sources: Tensor, mixtures: Tensor) -> pd.DataFrame:
         """Per-mixture scores, one row per mixture, one column per metric (plus ``mixture``)."""
 
+    def summarize(self, scores: pd.DataFrame) -> dict[str, dict[str, object]]:
+        """Entries for the sections of ``metrics.json`` beyond the per-mixture means of
+        :attr:`metrics` (which the job computes): ``{"metrics": {...}, "spread": {...},
+        "counts": {...}, "settings": {...}}``, any of them optional. A metric given here
+        replaces the job's mean (e.g. FUSS's pooled scores). None by default.
+
+        Args:
+            scores: the frame :meth:`score` returned.
+        """
+        del scores
+        return {}
+
+    def mixture_estimate(self, mixtures: Tensor) -> Tensor:
+        """The do-nothing reference: every source estimated by the mixture, brought back to
+        the sources' scale (``m / K`` in the sum convention). ``(N, *D) -> (N, K, *D)``."""
+        k = self.num_sources
+        return (mixtures / k)[:, None].expand(-1, k, *mixtures.shape[1:]).contiguous()
+
     @classmethod
     def estimate_order(cls, perm: str) -> list[int]:
         """The estimate scored against each reference source, from the ``perm`` column of a
@@ -189,21 +207,3 @@ class Task(ABC):
         for k, j in enumerate(matched):
             order[j] = k
         return order
-
-    def summarize(self, scores: pd.DataFrame) -> dict[str, dict[str, object]]:
-        """Entries for the sections of ``metrics.json`` beyond the per-mixture means of
-        :attr:`metrics` (which the job computes): ``{"metrics": {...}, "spread": {...},
-        "counts": {...}, "settings": {...}}``, any of them optional. A metric given here
-        replaces the job's mean (e.g. FUSS's pooled scores). None by default.
-
-        Args:
-            scores: the frame :meth:`score` returned.
-        """
-        del scores
-        return {}
-
-    def mixture_estimate(self, mixtures: Tensor) -> Tensor:
-        """The do-nothing reference: every source estimated by the mixture, brought back to
-        the sources' scale (``m / K`` in the sum convention). ``(N, *D) -> (N, K, *D)``."""
-        k = self.num_sources
-        return (mixtures / k)[:, None].expand(-1, k, *mixtures.shape[1:]).contiguous()
