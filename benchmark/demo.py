@@ -186,6 +186,7 @@ def demo_arrays(
         if scores is None:
             raise ValueError("estimates need their scores (the perm column orders them)")
         est = estimates[:count].detach().cpu().float().numpy()
+        est = np.nan_to_num(est, nan=0.0, posinf=0.0, neginf=0.0)  # shown as silence / black
         if "perm" in scores:
             rows = _eval_rows(scores, count)
             order = np.asarray([task.estimate_order(p) for p in rows["perm"]], dtype=np.int64)
@@ -244,7 +245,9 @@ def write_demo_estimates(
 ) -> Path | None:
     """Store ``demo.npz`` in ``run_dir``: the first ``cfg.eval.demo_mixtures`` evaluation
     mixtures, their targets and the scored ``estimates`` ``(N, K, *D)`` in the targets' order
-    (module docstring). Written atomically; nothing when ``eval.demo_mixtures`` is 0.
+    (module docstring). Written atomically; nothing when ``eval.demo_mixtures`` is 0. An
+    error while preparing them is logged (the run's ``log.txt``), not raised: the page's
+    samples never fail a run that trained and scored.
 
     Returns:
         The file written, or None.
@@ -774,9 +777,10 @@ def _no_estimates_note(record: RunRecord) -> str:
         return "no stored estimates: evaluated with eval.demo_mixtures=0"
     return (
         f"no stored estimates: evaluated{' on ' + when if when else ''} before the demo "
-        f"estimates were stored (re-evaluate with: rm {record.path}/metrics.json "
-        f"{record.path}/status.json, then the same `python -m benchmark run` command; it "
-        "resumes from the final checkpoint and only evaluates)"
+        f"estimates were stored, or storing them failed (its log.txt says so). Re-evaluate "
+        f"with: rm {record.path}/metrics.json {record.path}/status.json, then the same "
+        "`python -m benchmark run` command (it resumes from the final checkpoint and only "
+        "evaluates)"
     )
 
 

@@ -249,7 +249,7 @@ def test_demo_runs_evaluated_before_demo_estimates(smoke_results, tmp_path, data
     assert _demo(results, site, "--data-root", str(data_root)) == 0
     text = (site / "mnist-smoke.html").read_text()
     assert "no stored estimates: evaluated on" in text and "before the demo estimates" in text
-    assert f"rm {mixit.path}/metrics.json" in text
+    assert f"rm {mixit.path}/metrics.json {mixit.path}/status.json" in text
     page = _check_files(site, site / "mnist-smoke.html")
     assert "MixIT" in page.headers
     assert not any("_mixit_" in s for s in page.images)
@@ -261,6 +261,16 @@ def test_demo_runs_evaluated_before_demo_estimates(smoke_results, tmp_path, data
     assert _demo(results, tmp_path / "site2", "--task", "fsdd2mix", "--data-root",
                  str(tmp_path / "nowhere")) == 0  # fmt: skip
     assert "No samples" in (tmp_path / "site2" / "fsdd2mix-smoke.html").read_text()
+    # following the note: the run is evaluated again from its final checkpoint, to the same
+    # scores, and now has its estimates
+    before = mixit.scores()
+    (mixit.path / "metrics.json").unlink()
+    (mixit.path / "status.json").unlink()
+    argv = smoke_argv(results, data_root, "--methods", "mixit", "--task", "mnist")
+    assert main([*argv, "--executor", "debug"]) == 0
+    assert "resumed from checkpoint at step 6/6" in (mixit.path / "log.txt").read_text()
+    pd.testing.assert_frame_equal(mixit.scores(), before)
+    assert load_demo(mixit.path).count == 8
 
 
 def test_demo_errors_are_one_line(tmp_path, smoke_results, capsys):
