@@ -227,6 +227,7 @@ def test_demo_site_from_smoke_runs(smoke_results, tmp_path, capsys):
     psnr = mixit.scores().set_index("mixture")["psnr"]
     for n in range(8):
         assert f"PSNR {psnr[n]:.2f} dB" in text
+    assert "SURF Table 1" in text and "21.90" in text  # the table, with the paper's MixIT PSNR
     assert "Provenance" in text and mixit.run_hash in text and "torch 2.11.0" in text
     assert "training_loss.png" in text or "curves.png" in text
     for page in ("mnist-smoke.html", "fsdd2mix-smoke.html"):
