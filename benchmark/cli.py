@@ -1,4 +1,4 @@
-"""Command line: ``python -m benchmark list | run | status | table | ablate | figure``.
+"""Command line: ``python -m benchmark list | run | status | table | ablate | figure | demo``.
 
 Run ``python -m benchmark <command> --help`` for the options.
 """
@@ -196,6 +196,35 @@ def _cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from benchmark.demo import build_site
+
+    tasks = [t for item in args.task or [] for t in _csv_list(item)] or None
+    out = args.out or args.results_dir / "demo"
+    index, pages, notes = build_site(
+        args.results_dir,
+        out,
+        tasks=tasks,
+        preset=args.preset,
+        mixtures=args.mixtures,
+        data_root=args.data_root,
+        seconds=args.seconds,
+    )
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    for page in pages:
+        audio = f", {page.audio_seconds:.1f} s audio excerpts" if page.audio_seconds else ""
+        table = "" if page.table_format == "html" else f", table as {page.table_format}"
+        print(
+            f"wrote {page.path} ({page.size_bytes / 1e6:.2f} MB with {page.assets.name}/: "
+            f"{page.mixtures} mixtures, {len(page.methods)} methods{audio}{table})"
+        )
+        for note in page.notes:
+            print(f"  note: {note}")
+    print(f"wrote {index}; open it in a browser (file://{Path(index).resolve()})")
+    return 0
+
+
 def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of every command that executes runs (``run``, ``ablate``): executor, folders,
     device, metric weights, workers and retries, then the execution options of
@@ -299,6 +328,43 @@ def build_parser() -> argparse.ArgumentParser:
         "interval; bold where it excludes 0 (table1, table2)",
     )
     p_table.set_defaults(func=_cmd_table)
+
+    p_demo = sub.add_parser(
+        "demo", help="static demo site: tables, samples to see and hear, curves, provenance"
+    )
+    p_demo.add_argument(
+        "--task",
+        action="append",
+        default=None,
+        metavar="T",
+        help="only this task (repeat, or a comma list; default: every task with finished runs)",
+    )
+    p_demo.add_argument("--preset", default=None, help="only this preset (default: one page each)")
+    p_demo.add_argument(
+        "--mixtures",
+        type=int,
+        default=8,
+        help="rows of the sample grid: the first N evaluation mixtures (default 8; at most the "
+        "runs' eval.demo_mixtures)",
+    )
+    p_demo.add_argument(
+        "--seconds",
+        type=float,
+        default=3.0,
+        help="longest audio excerpt in seconds (default 3; shortened to keep a page's audio "
+        "within a few MB)",
+    )
+    p_demo.add_argument(
+        "--out", type=Path, default=None, help="site folder (default <results-dir>/demo)"
+    )
+    p_demo.add_argument("--results-dir", type=Path, default=default_results_dir())
+    p_demo.add_argument(
+        "--data-root",
+        type=Path,
+        default=default_data_root(),
+        help="only to rebuild the mixtures and targets of a page whose runs stored none",
+    )
+    p_demo.set_defaults(func=_cmd_demo)
 
     from benchmark.cli_ablate import add_ablate_parser, add_figure_parser
 

@@ -22,6 +22,7 @@ import torch
 
 from benchmark import CODE_VERSION
 from benchmark.config import RunConfig
+from benchmark.demo import write_demo_estimates
 from benchmark.perceptual_eval import needs_refresh, perceptual_stage
 from benchmark.preempt import Preempted, RunLocked, StopSignals, run_lock
 from benchmark.registry import get_method, get_task
@@ -604,6 +605,8 @@ def _execute_locked(
         scores, estimates = evaluate(method, task, cfg, path, return_estimates=True)
         eval_time = time.time() - t_eval
         perceptual = perceptual_stage(method, task, cfg, estimates, scores, dev, weights_dir)
+        # the scored estimates of the first eval.demo_mixtures mixtures, for the demo page
+        write_demo_estimates(path, task, cfg, scores, estimates)
         del estimates
         atomic_write_parquet(path / "scores.parquet", scores)
         provenance = {

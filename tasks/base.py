@@ -22,7 +22,7 @@ from torch import Tensor
 
 from benchmark.config import TaskConfig
 
-__all__ = ["DatasetError", "DatasetNotFoundError", "EvalSet", "Task"]
+__all__ = ["DatasetError", "DatasetNotFoundError", "EvalSet", "Task", "parse_perm"]
 
 
 class DatasetError(ValueError):
@@ -54,6 +54,21 @@ class EvalSet:
     mixtures: Tensor
     sources: Tensor
     lengths: Tensor | None = None
+
+
+def parse_perm(perm: str) -> list[int]:
+    """The integers of a ``perm`` score column (``"1,0"``), checked to be a permutation.
+
+    Raises:
+        ValueError: not a comma-separated permutation of ``0..K-1``.
+    """
+    try:
+        values = [int(p) for p in str(perm).split(",")]
+    except ValueError:
+        values = []
+    if not values or sorted(values) != list(range(len(values))):
+        raise ValueError(f"perm {perm!r} is not a permutation of 0..K-1 like '1,0'")
+    return values
 
 
 class Task(ABC):
@@ -193,3 +208,27 @@ class Task(ABC):
         the sources' scale (``m / K`` in the sum convention). ``(N, *D) -> (N, K, *D)``."""
         k = self.num_sources
         return (mixtures / k)[:, None].expand(-1, k, *mixtures.shape[1:]).contiguous()
+
+    @classmethod
+    def estimate_order(cls, perm: str) -> list[int]:
+        """The estimate scored against each reference source, from the ``perm`` column of a
+        :meth:`score` row: ``order[j]`` is the index of the estimate matched to source ``j``, so
+        ``estimates[order]`` lines up with ``sources`` (the demo page shows estimate
+        ``order[j]`` under target ``j``; :mod:`benchmark.demo`).
+
+        The default reads ``perm`` as the image and speech scores write it: estimate ``k`` is
+        matched to source ``perm[k]`` (:func:`tasks.image_metrics.image_separation_scores`,
+        :func:`tasks.audio_metrics.pit_si_sdr`). A task whose scores write the other direction
+        overrides this (FUSS: :meth:`tasks.audio_corpora.FussTask.estimate_order`).
+
+        Args:
+            perm: ``"1,0"``-style permutation of ``0..K-1``.
+
+        Raises:
+            ValueError: ``perm`` is not a permutation of ``0..K-1``.
+        """
+        matched = parse_perm(perm)
+        order = [0] * len(matched)
+        for k, j in enumerate(matched):
+            order[j] = k
+        return order
