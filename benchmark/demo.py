@@ -777,10 +777,9 @@ def _no_estimates_note(record: RunRecord) -> str:
         return "no stored estimates: evaluated with eval.demo_mixtures=0"
     return (
         f"no stored estimates: evaluated{' on ' + when if when else ''} before the demo "
-        f"estimates were stored, or storing them failed (its log.txt says so). Re-evaluate "
-        f"with: rm {record.path}/metrics.json {record.path}/status.json, then the same "
-        "`python -m benchmark run` command (it resumes from the final checkpoint and only "
-        "evaluates)"
+        "estimates were stored, or storing them failed (its log.txt says so). The same "
+        "`python -m benchmark run` command evaluates it again from its final weights (no "
+        "retraining) and stores them"
     )
 
 

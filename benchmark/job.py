@@ -37,7 +37,15 @@ from benchmark.store import (
     write_status,
 )
 
-__all__ = ["Diverged", "execute_run", "load_trained_method", "pick_device"]
+__all__ = [
+    "Diverged",
+    "LearningCurve",
+    "evaluation_outdated",
+    "execute_run",
+    "load_trained_method",
+    "metrics_record",
+    "pick_device",
+]
 
 if TYPE_CHECKING:
     from methods.base import Method
@@ -480,6 +488,27 @@ def metrics_record(
     return record
 
 
+def evaluation_outdated(record: RunRecord, cfg: RunConfig, weights_dir=None) -> str:
+    """Why a finished run must be evaluated again (from its final weights, no retraining), or
+    ``""``: its perceptual metrics are missing, stale or now computable
+    (:func:`benchmark.perceptual_eval.needs_refresh`), or the demo page's estimates
+    (``demo.npz``, ``eval.demo_mixtures``) were never stored (evaluated by an older version).
+    Reads only.
+
+    Args:
+        record: the finished run.
+        cfg: its config as planned now.
+        weights_dir: extra folder searched for perceptual weights (``--weights-dir``).
+    """
+    if needs_refresh(record, cfg, weights_dir):
+        return "perceptual metrics missing, stale or now computable"
+    if cfg.eval.demo_mixtures > 0 and "demo_mixtures" not in record.counts:
+        # evaluated by a version that did not store them (a failed attempt records 0: the log
+        # says why, and the same evaluation would fail again)
+        return "the demo page's estimates were not stored"
+    return ""
+
+
 def _job_id() -> str:
     """The scheduler's id of this job (``ARRAY_TASK`` for SLURM array tasks), or ``""``."""
     if os.environ.get("SLURM_ARRAY_JOB_ID"):
@@ -561,7 +590,7 @@ def _execute_locked(
         if (
             record.state == "done"
             and record.metrics_record is not None
-            and not needs_refresh(record, cfg, weights_dir)
+            and not evaluation_outdated(record, cfg, weights_dir)
         ):
             # finished by another invocation while this job waited to start: nothing to redo
             log.info("run %s is already done; nothing recomputed", path.name)
@@ -606,7 +635,8 @@ def _execute_locked(
         eval_time = time.time() - t_eval
         perceptual = perceptual_stage(method, task, cfg, estimates, scores, dev, weights_dir)
         # the scored estimates of the first eval.demo_mixtures mixtures, for the demo page
-        write_demo_estimates(path, task, cfg, scores, estimates)
+        demo = write_demo_estimates(path, task, cfg, scores, estimates)
+        demo_count = min(cfg.eval.demo_mixtures, len(scores)) if demo is not None else 0
         del estimates
         atomic_write_parquet(path / "scores.parquet", scores)
         provenance = {
@@ -629,7 +659,7 @@ def _execute_locked(
                 "curve_eval_time_s": curve_eval_s,
             },
             training={"final_loss": curve[-1]["loss"] if curve else None},
-            extra=[perceptual],
+            extra=[perceptual, {"counts": {"demo_mixtures": demo_count}}],
             provenance=provenance,
         )
         atomic_write_json(path / "metrics.json", metrics)

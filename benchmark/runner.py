@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.config import RunConfig, config_hash, resolve_config, to_dict
-from benchmark.perceptual_eval import needs_refresh
 from benchmark.preempt import (
     FORWARDED_SIGNALS,
     IGNORE_TERMINAL_SIGNALS,
@@ -162,11 +161,14 @@ def prepare_runs(
     interrupted, ``running`` whose process is gone) is executed and resumes from its checkpoint
     when it has one. A finished image run whose perceptual
     metrics are missing, stale or now computable (weights placed since) is re-evaluated
-    without retraining (``benchmark.perceptual_eval.needs_refresh``).
+    without retraining (:func:`benchmark.job.evaluation_outdated`: perceptual metrics
+    missing, stale or now computable, or the demo page's estimates never stored).
 
     Returns:
         The runs to execute, in stage order.
     """
+    from benchmark.job import evaluation_outdated
+
     todo = []
     for run in runs:
         run.run_dir.mkdir(parents=True, exist_ok=True)
@@ -184,11 +186,13 @@ def prepare_runs(
             )
         state = run.state
         if state == "done":
-            if not needs_refresh(RunRecord(run.run_dir), run.config, weights_dir):
+            if not evaluation_outdated(RunRecord(run.run_dir), run.config, weights_dir):
                 continue
-            # re-evaluate (no retraining) with the perceptual settings planned now
+            # re-evaluate (no retraining) with the evaluation settings planned now
             info = read_json(run.run_dir / "config.json")
-            info["config"]["perceptual"] = to_dict(run.config.perceptual)
+            for section in ("perceptual", "eval"):  # evaluation-only settings
+                if section in run.config.sections:
+                    info["config"][section] = to_dict(run.config.sections[section])
             atomic_write_json(run.run_dir / "config.json", info)
         if state in ("failed", "diverged") and not retry_failed:
             continue
