@@ -55,7 +55,7 @@ class MixIT(Method):
     def trainable(self) -> nn.Module:
         return self.model
 
-    def train_step(self, step: int, generator: torch.Generator) -> dict[str, float]:
+    def train_step(self, step: int, generator: torch.Generator) -> dict[str, Tensor]:
         batch = self.config.train.batch_size
         references = self.task.sample_mixit_references(
             batch, generator, self.config.mixit.single_source_prob
@@ -64,22 +64,22 @@ class MixIT(Method):
         estimates = self.model(mom)  # 3. s_hat (B, M, *D)
         opts = self.config.mixit
         # 4. eq. (1), A from eq. (1) (exhaustive) or eq. (3) (efficient)
-        mixit, _ = mixit_loss(references, estimates, self.loss_fn, opts.assignment)
+        mixit, _ = mixit_loss(estimates, references, self.loss_fn, opts.assignment)
         loss = mixit
-        logs: dict[str, float] = {}
+        logs: dict[str, Tensor] = {}  # 0-d tensors, read to the host at train.log_every
         if opts.sparsity != "none":
             sparsity = sparsity_loss(opts.sparsity, estimates, mom)  # C_l1 eq. (5) / C_l1/l2 (6)
             loss = loss + opts.sparsity_weight * sparsity  # 5. + lambda_sp C_sp
-            logs["sparsity"] = sparsity.mean().item()
+            logs["sparsity"] = sparsity.detach().mean()
         if opts.covariance_weight > 0:
             covariance = covariance_loss(estimates)  # C_cov, eq. (7)
             loss = loss + opts.covariance_weight * covariance  # 5. + lambda_cov C_cov
-            logs["covariance"] = covariance.mean().item()
+            logs["covariance"] = covariance.detach().mean()
         if logs:
-            logs["mixit_loss"] = mixit.mean().item()
+            logs["mixit_loss"] = mixit.detach().mean()
         loss = loss.mean()
         grad_norm = optimize(self, loss)  # 6.
-        return {"loss": loss.item(), "grad_norm": grad_norm, **logs}
+        return {"loss": loss.detach(), "grad_norm": grad_norm, **logs}
 
     @torch.no_grad()
     def separate(self, mixtures: Tensor, generator: torch.Generator) -> Tensor:
