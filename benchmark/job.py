@@ -179,6 +179,23 @@ def _checkpoint(
     atomic_torch_save(path / "checkpoint.pt", state)
 
 
+def _read_window(window: dict[str, list], done: int) -> None:
+    """Read the logged values of the iterations since the last curve record to the host, in
+    place (one transfer per key: ``train_step`` returns 0-d tensors so that a step never waits
+    for the device), and raise :class:`Diverged` at the first non-finite loss. ``done`` is the
+    number of iterations completed, the last of which is the window's last entry."""
+    for values in window.values():
+        where = [i for i, v in enumerate(values) if isinstance(v, torch.Tensor)]
+        if where:
+            host = torch.stack([values[i].detach().double().reshape(()) for i in where]).tolist()
+            for i, value in zip(where, host, strict=True):
+                values[i] = value
+    losses = window.get("loss", [])
+    for i, value in enumerate(losses):
+        if not math.isfinite(value):
+            raise Diverged(f"loss became {value} at step {done - len(losses) + i}")
+
+
 def _train(
     method, cfg: RunConfig, run_dir: Path, device: torch.device, stop: StopSignals | None = None
 ) -> tuple[list, float]:
@@ -220,24 +237,25 @@ def _train(
                 for group in method.optimizer.param_groups:
                     group["lr"] = cfg.train.lr * scale
             logs = method.train_step(step, generator)
-            if not math.isfinite(logs["loss"]):
-                raise Diverged(f"loss became {logs['loss']} at step {step}")
             for key, value in logs.items():
                 window.setdefault(key, []).append(value)
             done = step + 1
             if done % cfg.train.log_every == 0 or done == steps:
+                _read_window(window, done)  # the only host read of the losses; NaN check
                 record = {"step": done, **{k: sum(v) / len(v) for k, v in window.items()}}
                 record["time"] = train_time + time.time() - t0
                 curve.append(record)
                 window = {}
                 progress.update(done, "train", loss=record["loss"])
             if done % cfg.train.ckpt_every == 0 and done < steps:
+                _read_window(window, done)  # never checkpoint diverged weights
                 _checkpoint(run_dir, method, done, generator, curve, train_time + time.time() - t0)
                 atomic_write_csv(run_dir / "curve.csv", pd.DataFrame(curve))
             if step_delay > 0:
                 time.sleep(step_delay)
             if stop is not None and stop.requested is not None and done < steps:
                 # a stop signal: checkpoint at this iteration boundary, then stop
+                _read_window(window, done)
                 elapsed = train_time + time.time() - t0
                 _checkpoint(run_dir, method, done, generator, curve, elapsed, window)
                 atomic_write_csv(run_dir / "curve.csv", pd.DataFrame(curve))

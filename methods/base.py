@@ -72,9 +72,11 @@ class Method(ABC):
 
     # -- training ------------------------------------------------------------------------
     @abstractmethod
-    def train_step(self, step: int, generator: torch.Generator) -> dict[str, float]:
-        """One optimisation step (the method's algorithm box). Returns logged scalars; the
-        key ``"loss"`` is checked for NaN/inf by the training loop."""
+    def train_step(self, step: int, generator: torch.Generator) -> dict[str, float | Tensor]:
+        """One optimisation step (the method's algorithm box). Returns logged scalars: Python
+        floats or 0-d tensors, which the training loop reads to the host only when it records
+        the curve (``train.log_every``), so that a step does not wait for the device; the key
+        ``"loss"`` is checked for NaN/inf then (and before every checkpoint)."""
 
     # -- inference -----------------------------------------------------------------------
     @abstractmethod
@@ -99,11 +101,12 @@ def make_optimizer(parameters, lr: float) -> torch.optim.Optimizer:
     return torch.optim.Adam(parameters, lr=lr)
 
 
-def optimize(method: Method, loss: Tensor) -> float:
+def optimize(method: Method, loss: Tensor) -> Tensor | float:
     """``theta <- theta - eta grad L``: zero grads, backward, clip (``train.grad_clip``), step.
 
     Returns:
-        The gradient norm before clipping (0.0 when clipping is disabled).
+        The gradient norm before clipping, a 0-d tensor left on the device (not read to the
+        host here); 0.0 when clipping is disabled.
     """
     assert method.optimizer is not None
     method.optimizer.zero_grad(set_to_none=True)
@@ -112,6 +115,6 @@ def optimize(method: Method, loss: Tensor) -> float:
     clip = method.config.train.grad_clip
     net = method.trainable()
     if clip > 0 and net is not None:
-        norm = float(torch.nn.utils.clip_grad_norm_(net.parameters(), clip))
+        norm = torch.nn.utils.clip_grad_norm_(net.parameters(), clip).detach()
     method.optimizer.step()
     return norm

@@ -108,7 +108,7 @@ class _Remixing(Method):
         loss = self.loss(student_est, remixed, upsilon, mixtures)  # 7. eq. (16) / (17)
         grad_norm = optimize(self, loss)  # 8.
         ema_update(self.ema, self.student, cfg.remix.ema_decay)  # 9.
-        return {"loss": loss.item(), "grad_norm": grad_norm}
+        return {"loss": loss.detach(), "grad_norm": grad_norm}  # read at train.log_every
 
     @torch.no_grad()
     def separate(self, mixtures: Tensor, generator: torch.Generator) -> Tensor:
