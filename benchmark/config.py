@@ -108,7 +108,17 @@ class TrainConfig:
         warmup_steps: linear learning-rate warm-up iterations.
         grad_clip: gradient-norm clip (0 disables).
         ckpt_every: iterations between checkpoints (also written on exit and at the end).
-        log_every: iterations between training-curve records.
+        log_every: iterations between training-curve records (the losses are read from the
+            device only then).
+        autocast: ``"off"`` or ``"bf16"``: the networks' forward passes (training, teacher
+            solve, evaluation) under ``torch.autocast`` with bfloat16, their outputs cast back
+            to float32 so that losses stay in full precision (:meth:`methods.base.Method.
+            call_net`). Meant for CUDA; off by default, and changes results (README,
+            "Performance").
+        compile: ``"off"``, or a ``torch.compile`` mode for every network of the method
+            (``"default"``, ``"reduce-overhead"``, which uses CUDA graphs, also for the teacher
+            solve's network, ``"max-autotune"``), or ``"aot_eager"`` (graph capture without
+            code generation, for checking). Off by default.
     """
 
     steps: int = 1000
@@ -118,6 +128,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     ckpt_every: int = 500
     log_every: int = 25
+    autocast: str = "off"
+    compile: str = "off"
 
 
 @dataclass
@@ -794,6 +806,13 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"train.steps must be >= 0, got {cfg.train.steps}")
     if cfg.train.batch_size < 1:
         raise ConfigError(f"train.batch_size must be >= 1, got {cfg.train.batch_size}")
+    if cfg.train.autocast not in ("off", "bf16"):
+        raise ConfigError(f"train.autocast must be 'off' or 'bf16', got {cfg.train.autocast!r}")
+    compile_modes = ("off", "default", "reduce-overhead", "max-autotune", "aot_eager")
+    if cfg.train.compile not in compile_modes:
+        raise ConfigError(
+            f"train.compile must be one of {', '.join(compile_modes)}, got {cfg.train.compile!r}"
+        )
     for name in ("remix", "surf"):
         alpha = getattr(cfg, name).ema_decay
         if not 0.0 <= alpha <= 1.0:
@@ -921,6 +940,7 @@ def _validate_mixit_options(mixit: MixITConfig) -> None:
 # Fields added after runs were stored: left out of a run's identity while at these defaults, so
 # that adding an option does not change the address of any run made without it.
 _IDENTITY_OMIT_AT_DEFAULT: dict[str, dict[str, Any]] = {
+    "train": {"autocast": "off", "compile": "off"},
     "task": {
         "sample_rate": 0,
         "segment_s": 0.0,

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from benchmark.config import RunConfig
 from tasks.base import Task
 
-__all__ = ["Method", "make_optimizer", "optimize"]
+__all__ = ["Method", "drop_compiled", "make_optimizer", "optimize"]
 
 
 class Method(ABC):
@@ -93,6 +93,40 @@ class Method(ABC):
         net = self.trainable()
         if net is not None:
             net.train()
+
+    # -- acceleration (train.autocast, train.compile; off by default) ----------------------
+    def call_net(self, network: nn.Module, *args: Tensor) -> Tensor:
+        """``network(*args)``, under ``torch.autocast`` with bfloat16 when
+        ``train.autocast = "bf16"``; the output is then cast back to the dtype of ``args[0]``,
+        so that every loss is computed in full precision. With autocast off this is exactly
+        ``network(*args)``."""
+        if self.config.train.autocast != "bf16":
+            return network(*args)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16):
+            out = network(*args)
+        return out.to(args[0].dtype)
+
+    def compile_networks(self) -> None:
+        """Compile every network of :meth:`modules` in place (``nn.Module.compile``: state
+        dicts and checkpoints are unchanged) when ``train.compile`` is not ``"off"``. Called at
+        the end of ``setup``, after every copy (EMA) has been made: a compiled module must not
+        be deep-copied (the copy would call the original; see :func:`drop_compiled`)."""
+        mode = self.config.train.compile
+        if mode == "off":
+            return
+        for module in self.modules().values():
+            if mode == "aot_eager":
+                module.compile(backend="aot_eager")
+            else:
+                module.compile(mode=mode)
+
+
+def drop_compiled(module: nn.Module) -> nn.Module:
+    """Remove ``nn.Module.compile``'s compiled call from ``module`` and its children, in place
+    (for a deep copy of a compiled network, whose compiled call still runs the original)."""
+    for child in module.modules():
+        child._compiled_call_impl = None
+    return module
 
 
 def make_optimizer(parameters, lr: float) -> torch.optim.Optimizer:

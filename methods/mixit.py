@@ -48,6 +48,7 @@ class MixIT(Method):
         self.model = build_separator(self.task, cfg.mixit.num_outputs, cfg).to(self.device)
         self.optimizer = make_optimizer(self.model.parameters(), cfg.train.lr)
         self.loss_fn = signal_loss(cfg.mixit.loss, cfg.mixit.snr_max)
+        self.compile_networks()
 
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.model}
@@ -61,7 +62,7 @@ class MixIT(Method):
             batch, generator, self.config.mixit.single_source_prob
         )  # 1. x_n (B, 2, *D)
         mom = references.sum(dim=1)  # 2. x_bar = sum_n x_n
-        estimates = self.model(mom)  # 3. s_hat (B, M, *D)
+        estimates = self.call_net(self.model, mom)  # 3. s_hat (B, M, *D)
         opts = self.config.mixit
         # 4. eq. (1), A from eq. (1) (exhaustive) or eq. (3) (efficient)
         mixit, _ = mixit_loss(estimates, references, self.loss_fn, opts.assignment)
@@ -84,7 +85,7 @@ class MixIT(Method):
     @torch.no_grad()
     def separate(self, mixtures: Tensor, generator: torch.Generator) -> Tensor:
         """``(B, *D)`` -> ``(B, K, *D)``: M outputs reduced to K (mixture-consistent)."""
-        return reduce_to_k(self.model(mixtures), self.task.num_sources)
+        return reduce_to_k(self.call_net(self.model, mixtures), self.task.num_sources)
 
 
 @register_method

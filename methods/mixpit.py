@@ -212,6 +212,7 @@ class _MixPITBase(Method):
         self.model = build_separator(self.task, k, self.config).to(self.device)
         self.optimizer = make_optimizer(self.model.parameters(), self.config.train.lr)
         self.loss_fn = signal_loss("snr", PAPER_SNR_MAX_DB)  # eq. (2)
+        self.compile_networks()
 
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.model}
@@ -224,7 +225,7 @@ class _MixPITBase(Method):
         batch = self.config.train.batch_size
         x_a = self.task.sample_mixtures(batch, generator)  # 1. x_{i+j}
         x_b = self.task.sample_mixtures(batch, generator)  # 1. x_{k+l}
-        estimates = self.model(x_a + x_b)  # 2-3. S~ = f_theta(x_{i+j} + x_{k+l})
+        estimates = self.call_net(self.model, x_a + x_b)  # 2-3. S~ = f_theta(x_{i+j} + x_{k+l})
         references = torch.stack([x_a, x_b], dim=1)
         loss = mixpit_loss(estimates, references, self.loss_fn).mean()  # 4. eq. (1), (2)
         grad_norm = optimize(self, loss)  # 5. theta <- STEP(theta, grad L_PIT)
@@ -233,7 +234,7 @@ class _MixPITBase(Method):
     @torch.no_grad()
     def separate(self, mixtures: Tensor, generator: torch.Generator) -> Tensor:
         """``(B, *D)`` -> ``(B, K, *D)``: the K outputs of f_theta(x_{i+j}) (§III-A)."""
-        return self.model(mixtures)
+        return self.call_net(self.model, mixtures)
 
 
 @register_method
@@ -275,7 +276,7 @@ class MixCycle(_MixPITBase):
         was_training = self.model.training
         self.model.eval()
         try:
-            return self.model(mixtures)
+            return self.call_net(self.model, mixtures)
         finally:
             self.model.train(was_training)
 
@@ -285,7 +286,7 @@ class MixCycle(_MixPITBase):
         observed = self.task.sample_mixtures(2 * pairs, generator)  # 1. (x_{i+j}, x_{k+l})
         teacher = self.teacher_estimates(observed)  # 2. eq. (4), theta' frozen
         remixed = mixcycle_remix(teacher[:pairs], teacher[pairs:], generator)  # 3-4. eq. (5)
-        student = self.model(remixed.flat_mixtures())  # 5. eq. (6)
+        student = self.call_net(self.model, remixed.flat_mixtures())  # 5. eq. (6)
         loss = mixcycle_loss(student, remixed, self.loss_fn).mean()  # 6. L_MC
         grad_norm = optimize(self, loss)  # 7. theta <- STEP(theta, grad L_MC); theta' <- theta
         return {"loss": loss.detach(), "grad_norm": grad_norm}

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from benchmark.registry import register_method
-from methods.base import Method, make_optimizer, optimize
+from methods.base import Method, drop_compiled, make_optimizer, optimize
 from methods.ema import ema_update, make_ema_copy
 from methods.mixit_assignment import reduce_to_k
 from methods.pit import apply_permutation, invert_permutation, pit_permutation
@@ -79,11 +79,13 @@ class _Remixing(Method):
     def setup(self, teacher: Method | None) -> None:
         if teacher is None or not hasattr(teacher, "model"):
             raise ValueError(f"{self.name} needs the trained MixIT model as teacher")
-        self.student = copy.deepcopy(teacher.model).to(self.device)
+        # a copy of an uncompiled network (a compiled one's copy would run the original)
+        self.student = drop_compiled(copy.deepcopy(teacher.model)).to(self.device)
         self.student.requires_grad_(True)
         self.student.train()
         self.ema = make_ema_copy(self.student)
         self.optimizer = make_optimizer(self.student.parameters(), self.config.train.lr)
+        self.compile_networks()
 
     def modules(self) -> dict[str, nn.Module]:
         return {"student": self.student, "ema": self.ema}
@@ -92,7 +94,7 @@ class _Remixing(Method):
         return self.student
 
     def _estimates(self, net: nn.Module, mixtures: Tensor) -> Tensor:
-        return reduce_to_k(net(mixtures), self.task.num_sources)
+        return reduce_to_k(self.call_net(net, mixtures), self.task.num_sources)
 
     def loss(self, student: Tensor, remixed: Remix, upsilon: Tensor, mixtures: Tensor) -> Tensor:
         raise NotImplementedError

@@ -67,6 +67,7 @@ class SupervisedRegression(Method):
         k = self.task.num_sources
         self.model = build_separator(self.task, k, cfg).to(self.device)
         self.optimizer = make_optimizer(self.model.parameters(), cfg.train.lr)
+        self.compile_networks()
 
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.model}
@@ -78,7 +79,7 @@ class SupervisedRegression(Method):
         cfg = self.config
         sources = self.task.sample_sources(cfg.train.batch_size, generator)  # 1. x (B, K, *D)
         mixtures = sources.sum(dim=1)  # 2. m = sum_k x^(k), eq. (1)
-        estimates = self.model(mixtures)  # 3. x_hat (B, K, *D)
+        estimates = self.call_net(self.model, mixtures)  # 3. x_hat (B, K, *D)
         loss, _ = supervised_pit_loss(estimates, sources, cfg.supervised.snr_max)  # 4. eq. (3)
         grad_norm = optimize(self, loss)  # 5.
         return {"loss": loss.detach(), "grad_norm": grad_norm}  # read at train.log_every
@@ -86,4 +87,4 @@ class SupervisedRegression(Method):
     @torch.no_grad()
     def separate(self, mixtures: Tensor, generator: torch.Generator) -> Tensor:
         """``(B, *D)`` -> ``(B, K, *D)`` mixture-consistent estimates."""
-        return self.model(mixtures)
+        return self.call_net(self.model, mixtures)

@@ -141,6 +141,7 @@ class _Surf(Method):
         self.student.to(self.device).train()
         self.ema = make_ema_copy(self.student)
         self.optimizer = make_optimizer(self.student.parameters(), cfg.train.lr)
+        self.compile_networks()
 
     def modules(self) -> dict[str, nn.Module]:
         return {"student": self.student, "ema": self.ema}
@@ -178,7 +179,11 @@ class _Surf(Method):
         )
         mixit_est = self.mixit.separate(mixtures, generator) if beta > 0 else None
         return hybrid_euler_sample(
-            x0, mixit_est, lambda x, s: self.ema(x, s, mixtures), beta, surf.euler_steps
+            x0,
+            mixit_est,
+            lambda x, s: self.call_net(self.ema, x, s, mixtures),
+            beta,
+            surf.euler_steps,
         )
 
     def _sigma(self, mixtures: Tensor) -> float | Tensor:
@@ -220,11 +225,13 @@ class _Surf(Method):
         x0 = initial_state(m_tilde, k, self._sigma(m_tilde), generator=generator)  # [8-9] eq. 4
         with torch.inference_mode():  # [10] PIT at t = 0 with stop-gradient, eq. (21)-(22)
             zeros = torch.zeros_like(t)
-            x1_hat = clean_estimate(x0, self.student(x0, zeros, m_tilde), zeros)  # eq. (9)
+            v0 = self.call_net(self.student, x0, zeros, m_tilde)
+            x1_hat = clean_estimate(x0, v0, zeros)  # eq. (9)
             upsilon = pit_permutation(x1_hat, x1)
         x1_aligned = apply_permutation(x1, upsilon)  # Upsilon X_1
         x_t = interpolant(x0, x1_aligned, t)  # [11] eq. (20)
-        residual = self.student(x_t, t, m_tilde) - target_velocity(x0, x1_aligned)  # [12] (23)
+        velocity = self.call_net(self.student, x_t, t, m_tilde)
+        residual = velocity - target_velocity(x0, x1_aligned)  # [12] eq. (23)
         loss = self.loss(residual, upsilon, remixed.perm)  # [13] / [14]
         grad_norm = optimize(self, loss)  # [15]
         ema_update(self.ema, self.student, cfg.surf.ema_decay)  # [16]
@@ -239,7 +246,9 @@ class _Surf(Method):
         x0 = initial_state(
             mixtures, self.task.num_sources, self._sigma(mixtures), generator=generator
         )
-        return euler_sample(lambda x, t: net(x, t, mixtures), x0, cfg.eval.euler_steps)
+        return euler_sample(
+            lambda x, t: self.call_net(net, x, t, mixtures), x0, cfg.eval.euler_steps
+        )
 
 
 @register_method
