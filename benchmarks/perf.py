@@ -54,6 +54,9 @@ import pandas as pd
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+#: the git checkout for ``--baseline`` and the commit line (``$PERF_GIT_ROOT``, for a copy of
+#: the tree measured outside its checkout)
+GIT_ROOT = Path(os.environ.get("PERF_GIT_ROOT") or ROOT)
 SECTIONS = ("harness", "mixit", "pit", "metrics", "audio_workers", "surf")
 
 
@@ -176,8 +179,10 @@ def _load_file(name: str, path: Path) -> types.ModuleType:
 
 def baseline_impl(rev: str) -> Impl:
     """The five modules as of git revision ``rev`` (each imports only torch/numpy/skimage and,
-    for the image metrics, ``methods.pit.all_permutations``)."""
+    for the image metrics, ``methods.pit.all_permutations``), importable by worker processes
+    as ``baseline_<name>`` (their folder is put on ``sys.path``)."""
     folder = Path(tempfile.mkdtemp(prefix="perf_baseline_"))
+    sys.path.insert(0, str(folder))
     mods = {}
     for key, rel in {
         "losses": "methods/losses.py",
@@ -187,7 +192,7 @@ def baseline_impl(rev: str) -> Impl:
         "audio_metrics": "tasks/audio_metrics.py",
     }.items():
         text = subprocess.run(
-            ["git", "-C", str(ROOT), "show", f"{rev}:{rel}"],
+            ["git", "-C", str(GIT_ROOT), "show", f"{rev}:{rel}"],
             capture_output=True,
             text=True,
             check=True,
@@ -484,9 +489,11 @@ def _audio_items(count: int) -> tuple[list[tuple], str]:
 
 def section_audio_workers(args, impls: list[Impl]) -> None:
     say("== audio metric workers: PESQ + ESTOI (+ SI-SDR) ==")
-    count = 8 if args.quick else 200
+    count = 4 if args.quick else 200
     items, source = _audio_items(count)
-    kwargs = {"sample_rate": 8000, "families": ("si_sdr", "pesq", "estoi")}
+    # --quick: SI-SDR only (too cheap for the workers to pay off: scored serially)
+    families = ("si_sdr",) if args.quick else ("si_sdr", "pesq", "estoi")
+    kwargs = {"sample_rate": 8000, "families": families}
     timer = Timer(torch.device("cpu"))
     for impl in impls:
         am = impl.audio_metrics
@@ -773,7 +780,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=7, help="repetitions of fast comparisons")
     parser.add_argument("--reps-slow", type=int, default=3, help="repetitions of audio scoring")
     parser.add_argument("--baseline", default="", help="git revision to time beside the code")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1: on a shared machine, OpenMP threads spin "
+        "against other jobs and make timings erratic; ratios are what this suite reports)",
+    )
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     if args.quick:
         args.preset = "smoke"
     wanted = [s for s in args.sections.split(",") if s]
@@ -781,10 +796,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}; valid: {', '.join(SECTIONS)}")
     commit = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ["git", "-C", str(GIT_ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
     dirty = subprocess.run(
-        ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+        ["git", "-C", str(GIT_ROOT), "status", "--porcelain", "--untracked-files=no"],
         capture_output=True,
         text=True,
     ).stdout.strip()
