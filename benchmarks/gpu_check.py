@@ -1,8 +1,9 @@
 """The short GPU check of issue 13, for one CUDA machine (a few minutes).
 
 For ``mixit`` and ``surf_sr`` (beta = 0: the EMA flow teacher's 5-step solve) at ``paper``
-network sizes (NCSN++ nf = 64, 15.8M parameters, B = 256, 32 x 32 images), it measures the
-training step time and the model FLOPs utilisation (MFU) in three settings: fp32 with TF32
+network sizes (NCSN++ nf = 64, 15.8M parameters, B = 256, 32 x 32 images), it counts the
+synchronising CUDA calls of one training step, and measures the training step time and the
+model FLOPs utilisation (MFU) in three settings: fp32 with TF32
 matmuls, ``train.autocast=bf16``, and bf16 with ``train.compile=default``; then the evaluation
 throughput (separated mixtures per second, and the image metrics' mixtures per second on the
 host). The images are random (the script needs no dataset: step time does not depend on the
@@ -81,6 +82,24 @@ def step_flops(method) -> float:
     with counter:
         method.train_step(0, gen)
     return float(counter.get_total_flops())
+
+
+def count_syncs(method) -> int:
+    """Synchronising CUDA calls in one training step (``torch.cuda.set_sync_debug_mode``);
+    the optimizer's host-side step counters do not count (they live on the CPU)."""
+    import warnings
+
+    if method.device.type != "cuda":
+        return -1
+    gen = torch.Generator(device=method.device).manual_seed(7)
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            method.train_step(0, gen)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
 
 
 def time_steps(method, steps: int, warmup: int) -> list[float]:
@@ -167,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
                 method = build(method_name, preset, [*extra, *settings[setting]], device, teacher)
                 if flops is None:
                     flops = step_flops(method)
+                    syncs = count_syncs(method)
+                    print(f"{method_name}: {syncs} synchronising CUDA calls in one step (-1: CPU)")
                 times = time_steps(method, steps, warmup)
                 separate_rate, score_rate = eval_throughput(method, 1 if args.quick else 3)
             except Exception as exc:  # noqa: BLE001 - report the setting as failed, go on
