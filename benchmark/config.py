@@ -200,7 +200,17 @@ class TrainConfig:
         warmup_steps: linear learning-rate warm-up iterations.
         grad_clip: gradient-norm clip (0 disables).
         ckpt_every: iterations between checkpoints (also written on exit and at the end).
-        log_every: iterations between training-curve records.
+        log_every: iterations between training-curve records (the losses are read from the
+            device only then).
+        autocast: ``"off"`` or ``"bf16"``: the networks' forward passes (training, teacher
+            solve, evaluation) under ``torch.autocast`` with bfloat16, their outputs cast back
+            to float32 so that losses stay in full precision (:meth:`methods.base.Method.
+            call_net`). Meant for CUDA; off by default, and changes results (README,
+            "Performance").
+        compile: ``"off"``, or a ``torch.compile`` mode for every network of the method
+            (``"default"``, ``"reduce-overhead"``, which uses CUDA graphs, also for the teacher
+            solve's network, ``"max-autotune"``), or ``"aot_eager"`` (graph capture without
+            code generation, for checking). Off by default.
     """
 
     steps: int = param(1000, ge=0)
@@ -210,6 +220,12 @@ class TrainConfig:
     grad_clip: float = param(1.0, ge=0.0, finite=True)
     ckpt_every: int = param(500, ge=1)
     log_every: int = param(25, ge=1)
+    autocast: str = param("off", choices=("off", "bf16"), omit_at_default=True)
+    compile: str = param(
+        "off",
+        choices=("off", "default", "reduce-overhead", "max-autotune", "aot_eager"),
+        omit_at_default=True,
+    )
 
 
 @dataclass

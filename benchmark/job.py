@@ -313,6 +313,23 @@ def _checkpoint(
         eval_curve.write()
 
 
+def _read_window(window: dict[str, list], done: int) -> None:
+    """Read the logged values of the iterations since the last curve record to the host, in
+    place (one transfer per key: ``train_step`` returns 0-d tensors so that a step never waits
+    for the device), and raise :class:`Diverged` at the first non-finite loss. ``done`` is the
+    number of iterations completed, the last of which is the window's last entry."""
+    for values in window.values():
+        where = [i for i, v in enumerate(values) if isinstance(v, torch.Tensor)]
+        if where:
+            host = torch.stack([values[i].detach().double().reshape(()) for i in where]).tolist()
+            for i, value in zip(where, host, strict=True):
+                values[i] = value
+    losses = window.get("loss", [])
+    for i, value in enumerate(losses):
+        if not math.isfinite(value):
+            raise Diverged(f"loss became {value} at step {done - len(losses) + i}")
+
+
 def _train(
     method,
     cfg: RunConfig,
@@ -350,7 +367,9 @@ def _train(
     progress = _Progress(run_dir, steps, start, f"{cfg.method} train")
     method.train_mode()
     window: dict[str, list[float]] = {k: list(v) for k, v in window_state.items()}
-    shown_loss = curve[-1]["loss"] if curve else float("nan")
+    # the loss shown by the progress bar: the last curve record's (read from the device only
+    # at log_every); none before the first record
+    shown = {"loss": curve[-1]["loss"]} if curve else {}
     # tests only: seconds to sleep after each iteration so a scheduler can catch the job
     # mid-training (changes no result)
     step_delay = float(os.environ.get("BENCHMARK_STEP_DELAY_S", "0") or 0)
@@ -366,24 +385,22 @@ def _train(
                 for group in method.optimizer.param_groups:
                     group["lr"] = cfg.train.lr * scale
             logs = method.train_step(step, generator)
-            if not math.isfinite(logs["loss"]):
-                raise Diverged(f"loss became {logs['loss']} at step {step}")
             for key, value in logs.items():
                 window.setdefault(key, []).append(value)
             done = step + 1
             if done % cfg.train.log_every == 0 or done == steps:
+                _read_window(window, done)  # the only host read of the losses; NaN check
                 record = {"step": done, **{k: sum(v) / len(v) for k, v in window.items()}}
                 record["time"] = train_time + time.time() - t0
                 curve.append(record)
                 window = {}
-                shown_loss = record["loss"]
-            elif progress.due(done):  # mean loss since the last curve record (floats already)
-                shown_loss = sum(window["loss"]) / len(window["loss"])
+                shown = {"loss": record["loss"]}
             # from the first iteration on, at most once a second (no extra host sync)
-            progress.update(done, "train", loss=shown_loss)
+            progress.update(done, "train", **shown)
             if lc.due(done):  # left out of the training time
                 t0 += lc.measure(done, train_time + time.time() - t0)
             if done % cfg.train.ckpt_every == 0 and done < steps:
+                _read_window(window, done)  # never checkpoint diverged weights
                 elapsed = train_time + time.time() - t0
                 _checkpoint(run_dir, method, done, generator, curve, elapsed, eval_curve=lc)
                 atomic_write_csv(run_dir / "curve.csv", pd.DataFrame(curve))
@@ -391,6 +408,7 @@ def _train(
                 time.sleep(step_delay)
             if stop is not None and stop.requested is not None and done < steps:
                 # a stop signal: checkpoint at this iteration boundary, then stop
+                _read_window(window, done)
                 elapsed = train_time + time.time() - t0
                 _checkpoint(run_dir, method, done, generator, curve, elapsed, window, lc)
                 atomic_write_csv(run_dir / "curve.csv", pd.DataFrame(curve))

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from benchmark.config import RunConfig
 from tasks.base import Task
 
-__all__ = ["Method", "make_optimizer", "optimize"]
+__all__ = ["Method", "drop_compiled", "make_optimizer", "optimize"]
 
 
 class Method(ABC):
@@ -96,9 +96,11 @@ class Method(ABC):
 
     # -- training ------------------------------------------------------------------------
     @abstractmethod
-    def train_step(self, step: int, generator: torch.Generator) -> dict[str, float]:
-        """One optimisation step (the method's algorithm box). Returns logged scalars; the
-        key ``"loss"`` is checked for NaN/inf by the training loop."""
+    def train_step(self, step: int, generator: torch.Generator) -> dict[str, float | Tensor]:
+        """One optimisation step (the method's algorithm box). Returns logged scalars: Python
+        floats or 0-d tensors, which the training loop reads to the host only when it records
+        the curve (``train.log_every``), so that a step does not wait for the device; the key
+        ``"loss"`` is checked for NaN/inf then (and before every checkpoint)."""
 
     # -- inference -----------------------------------------------------------------------
     @abstractmethod
@@ -116,6 +118,40 @@ class Method(ABC):
         if net is not None:
             net.train()
 
+    # -- acceleration (train.autocast, train.compile; off by default) ----------------------
+    def call_net(self, network: nn.Module, *args: Tensor) -> Tensor:
+        """``network(*args)``, under ``torch.autocast`` with bfloat16 when
+        ``train.autocast = "bf16"``; the output is then cast back to the dtype of ``args[0]``,
+        so that every loss is computed in full precision. With autocast off this is exactly
+        ``network(*args)``."""
+        if self.config.train.autocast != "bf16":
+            return network(*args)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16):
+            out = network(*args)
+        return out.to(args[0].dtype)
+
+    def compile_networks(self) -> None:
+        """Compile every network of :meth:`modules` in place (``nn.Module.compile``: state
+        dicts and checkpoints are unchanged) when ``train.compile`` is not ``"off"``. Called at
+        the end of ``setup``, after every copy (EMA) has been made: a compiled module must not
+        be deep-copied (the copy would call the original; see :func:`drop_compiled`)."""
+        mode = self.config.train.compile
+        if mode == "off":
+            return
+        for module in self.modules().values():
+            if mode == "aot_eager":
+                module.compile(backend="aot_eager")
+            else:
+                module.compile(mode=mode)
+
+
+def drop_compiled(module: nn.Module) -> nn.Module:
+    """Remove ``nn.Module.compile``'s compiled call from ``module`` and its children, in place
+    (for a deep copy of a compiled network, whose compiled call still runs the original)."""
+    for child in module.modules():
+        child._compiled_call_impl = None
+    return module
+
 
 def make_optimizer(parameters, lr: float) -> torch.optim.Optimizer:
     """Adam (SURF Algorithm 2 line 21: "Update Student via SGD/Adam"); the training loop sets
@@ -123,11 +159,12 @@ def make_optimizer(parameters, lr: float) -> torch.optim.Optimizer:
     return torch.optim.Adam(parameters, lr=lr)
 
 
-def optimize(method: Method, loss: Tensor) -> float:
+def optimize(method: Method, loss: Tensor) -> Tensor | float:
     """``theta <- theta - eta grad L``: zero grads, backward, clip (``train.grad_clip``), step.
 
     Returns:
-        The gradient norm before clipping (0.0 when clipping is disabled).
+        The gradient norm before clipping, a 0-d tensor left on the device (not read to the
+        host here); 0.0 when clipping is disabled.
     """
     assert method.optimizer is not None
     method.optimizer.zero_grad(set_to_none=True)
@@ -136,6 +173,6 @@ def optimize(method: Method, loss: Tensor) -> float:
     clip = method.config.train.grad_clip
     net = method.trainable()
     if clip > 0 and net is not None:
-        norm = float(torch.nn.utils.clip_grad_norm_(net.parameters(), clip))
+        norm = torch.nn.utils.clip_grad_norm_(net.parameters(), clip).detach()
     method.optimizer.step()
     return norm

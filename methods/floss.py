@@ -58,6 +58,7 @@ class Floss(SurfRM):
         self.ema = make_ema_copy(self.student)
         self.optimizer = make_optimizer(self.student.parameters(), cfg.train.lr)
         self.flow_loss = flow_loss_kind(self.task, cfg)
+        self.compile_networks()
 
     def beta(self, step: int) -> float:
         """No hybrid teacher, so no MixIT path: logged as 0 (``surf.beta`` is not used)."""

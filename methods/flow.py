@@ -17,6 +17,7 @@ __all__ = [
     "clean_estimate",
     "euler_sample",
     "euler_times",
+    "hybrid_euler_sample",
     "hybrid_velocity",
     "initial_state",
     "interpolant",
@@ -202,11 +203,57 @@ def hybrid_velocity(
         ``(B, K, *D)`` velocities.
     """
     use_mixit = t < beta
-    if bool(use_mixit.any()) and mixit_estimate is None:
+    any_mixit, all_mixit = torch.stack([use_mixit.any(), use_mixit.all()]).tolist()  # 1 sync
+    if any_mixit and mixit_estimate is None:
         raise ValueError(f"beta={beta} needs the MixIT estimate for t < beta")
-    if bool(use_mixit.all()):
+    if all_mixit:
         return mixit_estimate - x0
     v = flow_velocity(x_t, t)
-    if bool(use_mixit.any()):
+    if any_mixit:
         v = torch.where(_bcast(use_mixit, v), mixit_estimate - x0, v)
     return v
+
+
+def hybrid_euler_sample(
+    x0: Tensor,
+    mixit_estimate: Tensor | None,
+    flow_velocity: VelocityFn,
+    beta: float,
+    num_steps: int = 5,
+) -> Tensor:
+    """Euler solve (eq. 6) of the hybrid teacher velocity of SURF Appendix D.3 from ``x0``.
+
+    The same iterates as ``euler_sample(lambda x, t: hybrid_velocity(x, t, x0, mixit_estimate,
+    flow_velocity, beta), x0, num_steps)``, but every item shares the grid time ``t_i = i / N``,
+    a Python float, so the choice between the straight path to the MixIT estimate
+    (``t_i < beta``) and the EMA flow teacher (``t_i >= beta``) is made on the host: no device
+    synchronisation, no flow network pass while ``t_i < beta`` (none at beta = 1), and no MixIT
+    estimate needed when beta = 0.
+
+    Args:
+        x0: ``(B, K, *D)`` initial state (eq. 4).
+        mixit_estimate: ``(B, K, *D)`` frozen MixIT estimate, or None when ``beta <= 0``.
+        flow_velocity: ``(x_t, t (B,)) -> v`` of the EMA teacher.
+        beta: threshold in [0, 1].
+        num_steps: N >= 1 Euler steps.
+
+    Returns:
+        ``(B, K, *D)`` the state at t = 1.
+
+    Raises:
+        ValueError: a grid time below ``beta`` without a MixIT estimate.
+    """
+    x = x0
+    dt = 1.0 / num_steps
+    straight = None  # f_MixIT(m) - x_0, the same at every step
+    for t_i in euler_times(num_steps):
+        if t_i < beta:
+            if mixit_estimate is None:
+                raise ValueError(f"beta={beta} needs the MixIT estimate for t < beta")
+            if straight is None:
+                straight = mixit_estimate - x0
+            v = straight
+        else:
+            v = flow_velocity(x, torch.full((x.shape[0],), t_i, device=x.device, dtype=x.dtype))
+        x = x + dt * v
+    return x

@@ -1,24 +1,36 @@
 """Signal-level losses shared by the methods.
 
-The signal losses take ``(B, N, *D)`` references and estimates and return per-signal values
-``(B, N)`` so that assignment searches (PIT, MixIT) can combine them; :func:`pairwise_log_mse`
-gives the ``(B, K, K)`` cost matrix of every estimate against every reference for
-:func:`methods.pit.pit_from_pairwise`. The MixIT regularisers of sparse/efficient MixIT §2.3-2.4
-(source sparsity, eq. 4-6; covariance, eq. 7) take the ``(B, M, *D)`` separated sources and
-return one value per mixture ``(B,)``. Throughout, a source's "time" axis ``t = 1..T`` is all of
-its elements (``T = prod(D)``, e.g. C x H x W pixels).
+The signal losses take ``(B, N, *D)`` estimates and references, **in this order** (the
+project's convention, :mod:`methods.pit`), and return per-signal values ``(B, N)`` so that
+assignment searches (PIT, MixIT) can combine them; :func:`pairwise_log_mse` gives the
+``(B, K, K)`` cost matrix ``[estimate, reference]`` for :func:`methods.pit.best_permutation`.
+
+:func:`squared_error` and :func:`negative_thresholded_snr` (and the losses :func:`signal_loss`
+returns) depend on the signals only through ``||x_hat||^2``, ``<x_hat, x>``, ``||x||^2`` and the
+number of elements ``T``: each carries that form as ``loss.from_energies(est_energy, cross,
+ref_energy, numel)``, with which exhaustive MixIT searches all assignments from Gram matrices
+(:func:`methods.mixit_assignment.exhaustive_assignment`). The MixIT regularisers of
+sparse/efficient MixIT §2.3-2.4 (source sparsity, eq. 4-6; covariance, eq. 7) take the
+``(B, M, *D)`` separated sources and return one value per mixture ``(B,)``. Throughout, a
+source's "time" axis ``t = 1..T`` is all of its elements (``T = prod(D)``, e.g. C x H x W
+pixels).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from methods.pit import pairwise_losses
+
 __all__ = [
     "LOSSES",
     "SPARSITY_LOSSES",
+    "SignalLoss",
     "covariance_loss",
     "log_mse",
     "negative_thresholded_snr",
@@ -32,12 +44,12 @@ __all__ = [
 ]
 
 
-def squared_error(references: Tensor, estimates: Tensor) -> Tensor:
+def squared_error(estimates: Tensor, references: Tensor) -> Tensor:
     """Per-signal mean squared error (SURF Appendix D.4: "we train with a squared error").
 
     Args:
-        references: ``(B, N, *D)``.
         estimates: ``(B, N, *D)``.
+        references: ``(B, N, *D)``.
 
     Returns:
         ``(B, N)`` mean over ``D`` of ``(reference - estimate)^2``.
@@ -45,8 +57,24 @@ def squared_error(references: Tensor, estimates: Tensor) -> Tensor:
     return (references - estimates).pow(2).flatten(2).mean(-1)
 
 
+def _error_energy(est_energy: Tensor, cross: Tensor, ref_energy: Tensor) -> Tensor:
+    """``||x - x_hat||^2 = ||x||^2 + ||x_hat||^2 - 2 <x_hat, x>`` (clamped at 0 against
+    cancellation)."""
+    return (ref_energy + est_energy - 2.0 * cross).clamp_min(0.0)
+
+
+def _squared_error_from_energies(
+    est_energy: Tensor, cross: Tensor, ref_energy: Tensor, numel: int
+) -> Tensor:
+    """:func:`squared_error` from ``||x_hat||^2``, ``<x_hat, x>``, ``||x||^2`` and ``T``."""
+    return _error_energy(est_energy, cross, ref_energy) / numel
+
+
+squared_error.from_energies = _squared_error_from_energies  # type: ignore[attr-defined]
+
+
 def negative_thresholded_snr(
-    references: Tensor, estimates: Tensor, snr_max_db: float = 30.0, eps: float = 1e-8
+    estimates: Tensor, references: Tensor, snr_max_db: float = 30.0, eps: float = 1e-8
 ) -> Tensor:
     """Negative thresholded SNR, sparse/efficient MixIT (Wisdom et al. 2021) eq. (2).
 
@@ -54,8 +82,8 @@ def negative_thresholded_snr(
     ``tau = 10^(-SNR_max / 10)``, which clamps the loss at ``-SNR_max`` dB.
 
     Args:
-        references: ``(B, N, *D)`` reference signals ``y``.
         estimates: ``(B, N, *D)`` estimates ``y_hat``.
+        references: ``(B, N, *D)`` reference signals ``y``.
         snr_max_db: the soft threshold ``SNR_max`` in dB (paper: 30 dB).
         eps: added inside the logarithm's argument for all-zero references (dimensionless).
 
@@ -65,12 +93,36 @@ def negative_thresholded_snr(
     tau = 10.0 ** (-snr_max_db / 10.0)
     ref_energy = references.pow(2).flatten(2).sum(-1)
     err_energy = (references - estimates).pow(2).flatten(2).sum(-1)
+    return _thresholded_snr_loss(err_energy, ref_energy, tau, eps)
+
+
+def _thresholded_snr_loss(err_energy: Tensor, ref_energy: Tensor, tau: float, eps: float) -> Tensor:
     ratio = (ref_energy + eps) / (err_energy + tau * ref_energy + eps)
     return -10.0 * torch.log10(ratio)
 
 
+def _negative_thresholded_snr_from_energies(
+    est_energy: Tensor,
+    cross: Tensor,
+    ref_energy: Tensor,
+    numel: int,
+    snr_max_db: float = 30.0,
+    eps: float = 1e-8,
+) -> Tensor:
+    """:func:`negative_thresholded_snr` from ``||x_hat||^2``, ``<x_hat, x>``, ``||x||^2``."""
+    del numel  # a ratio of sums: independent of T
+    tau = 10.0 ** (-snr_max_db / 10.0)
+    err_energy = _error_energy(est_energy, cross, ref_energy)
+    return _thresholded_snr_loss(err_energy, ref_energy, tau, eps)
+
+
+negative_thresholded_snr.from_energies = (  # type: ignore[attr-defined]
+    _negative_thresholded_snr_from_energies
+)
+
+
 def log_mse(
-    references: Tensor, estimates: Tensor, snr_max_db: float = 30.0, eps: float = 1e-8
+    estimates: Tensor, references: Tensor, snr_max_db: float = 30.0, eps: float = 1e-8
 ) -> Tensor:
     """Thresholded log squared error, the per-source loss of the supervised regression
     reference (SURF §5.1: PIT loss (3) with ``l(x, x_hat) = 10 log10 ||x - x_hat||^2``).
@@ -84,8 +136,8 @@ def log_mse(
     ``tau = 0``, the literal §5.1 loss.
 
     Args:
-        references: ``(B, N, *D)`` reference sources ``x``.
         estimates: ``(B, N, *D)`` estimates ``x_hat``.
+        references: ``(B, N, *D)`` reference sources ``x``.
         snr_max_db: ``SNR_max`` in dB (30 dB; ``inf`` for no threshold).
         eps: added inside the logarithm so that an exact estimate of an all-zero reference stays
             finite (in squared data units).
@@ -100,32 +152,62 @@ def log_mse(
 
 
 def pairwise_log_mse(
-    references: Tensor, estimates: Tensor, snr_max_db: float = 30.0, eps: float = 1e-8
+    estimates: Tensor, references: Tensor, snr_max_db: float = 30.0, eps: float = 1e-8
 ) -> Tensor:
     """:func:`log_mse` of every estimate against every reference, the cost matrix of the PIT
-    loss (SURF eq. 3) for :func:`methods.pit.pit_from_pairwise`.
+    loss (SURF eq. 3) for :func:`methods.pit.best_permutation`.
 
     Args:
-        references: ``(B, K, *D)``.
         estimates: ``(B, K, *D)``.
+        references: ``(B, K, *D)``.
         snr_max_db: ``SNR_max`` in dB (see :func:`log_mse`).
         eps: see :func:`log_mse`.
 
     Returns:
-        ``(B, K, K)`` with ``cost[b, i, j] = l(references[b, j], estimates[b, i])`` (row:
-        estimate, column: reference, the convention of :func:`methods.pit.pit_from_pairwise`).
+        ``(B, K, K)`` with ``cost[b, i, j] = l(estimates[b, i], references[b, j])`` (row:
+        estimate, column: reference, the project's convention).
     """
-    batch, num = estimates.shape[:2]
-    shape = (batch, num, num, *estimates.shape[2:])
-    refs = references[:, None].expand(shape).reshape(batch, num * num, *shape[3:])  # [i, j] -> j
-    ests = estimates[:, :, None].expand(shape).reshape(batch, num * num, *shape[3:])  # -> i
-    return log_mse(refs, ests, snr_max_db, eps).reshape(batch, num, num)
+    return pairwise_losses(estimates, references, lambda e, r: log_mse(e, r, snr_max_db, eps))
 
 
-LOSSES = {"mse": squared_error, "snr": negative_thresholded_snr}
+@dataclass(frozen=True)
+class SignalLoss:
+    """A named per-signal loss with its energy form (what :func:`signal_loss` returns).
+
+    Calling it is calling ``fn(estimates, references)``; :meth:`from_energies` gives the same
+    values from ``||x_hat||^2``, ``<x_hat, x>``, ``||x||^2`` (each ``(...)``, any matching
+    shape) and the number of elements ``T``, in the dtype of those inputs.
+
+    Attributes:
+        name: ``"mse"`` or ``"snr"``.
+        snr_max_db: the threshold of ``"snr"`` in dB.
+    """
+
+    name: str
+    snr_max_db: float = 30.0
+
+    def __call__(self, estimates: Tensor, references: Tensor) -> Tensor:
+        if self.name == "mse":
+            return squared_error(estimates, references)
+        return negative_thresholded_snr(estimates, references, snr_max_db=self.snr_max_db)
+
+    def from_energies(
+        self, est_energy: Tensor, cross: Tensor, ref_energy: Tensor, numel: int
+    ) -> Tensor:
+        if self.name == "mse":
+            return _squared_error_from_energies(est_energy, cross, ref_energy, numel)
+        return _negative_thresholded_snr_from_energies(
+            est_energy, cross, ref_energy, numel, snr_max_db=self.snr_max_db
+        )
 
 
-def signal_loss(name: str, snr_max_db: float = 30.0):
+LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "mse": squared_error,
+    "snr": negative_thresholded_snr,
+}
+
+
+def signal_loss(name: str, snr_max_db: float = 30.0) -> SignalLoss:
     """Look up a per-signal loss by name.
 
     Args:
@@ -133,17 +215,17 @@ def signal_loss(name: str, snr_max_db: float = 30.0):
         snr_max_db: threshold for ``"snr"`` in dB.
 
     Returns:
-        A callable ``(references, estimates) -> (B, N)``.
+        A :class:`SignalLoss`: ``loss(estimates, references) -> (B, N)``, with its energy form.
 
     Raises:
         ValueError: for an unknown name (the message lists the valid ones).
     """
     if name == "mse":
-        return squared_error
+        return SignalLoss("mse")
     if name == "snr":
         if not math.isfinite(snr_max_db):
             raise ValueError("snr_max_db must be finite")
-        return lambda r, e: negative_thresholded_snr(r, e, snr_max_db=snr_max_db)
+        return SignalLoss("snr", float(snr_max_db))
     raise ValueError(f"unknown loss {name!r}; valid losses: {sorted(LOSSES)}")
 
 

@@ -71,11 +71,15 @@ class MixITConfig:
         Raises:
             ConfigError: an exhaustive search too large, or a sparsity weight without a loss.
         """
-        if self.assignment == "exhaustive" and 2**self.num_outputs > 65536:
-            raise ConfigError(
-                f"mixit.assignment=exhaustive searches N^M matrices, too many for "
-                f"mixit.num_outputs={self.num_outputs}: set mixit.assignment=efficient"
-            )
+        if self.assignment == "exhaustive":
+            # the table of the 2^M mixing matrices must fit in memory (here; checked again on
+            # the run's device when it trains): refused with the fix in the message
+            from methods.mixit_assignment import check_exhaustive_fits
+
+            try:
+                check_exhaustive_fits(2, self.num_outputs)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         if self.sparsity == "none" and self.sparsity_weight > 0:
             raise ConfigError(
                 f"mixit.sparsity_weight={self.sparsity_weight} has no effect with "
@@ -98,6 +102,7 @@ class MixIT(Method):
         self.model = build_separator(self.task, cfg.mixit.num_outputs, cfg).to(self.device)
         self.optimizer = make_optimizer(self.model.parameters(), cfg.train.lr)
         self.loss_fn = signal_loss(cfg.mixit.loss, cfg.mixit.snr_max)
+        self.compile_networks()
 
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.model}
@@ -105,36 +110,36 @@ class MixIT(Method):
     def trainable(self) -> nn.Module:
         return self.model
 
-    def train_step(self, step: int, generator: torch.Generator) -> dict[str, float]:
+    def train_step(self, step: int, generator: torch.Generator) -> dict[str, Tensor]:
         batch = self.config.train.batch_size
         references = self.task.sample_mixit_references(
             batch, generator, self.config.mixit.single_source_prob
         )  # 1. x_n (B, 2, *D)
         mom = references.sum(dim=1)  # 2. x_bar = sum_n x_n
-        estimates = self.model(mom)  # 3. s_hat (B, M, *D)
+        estimates = self.call_net(self.model, mom)  # 3. s_hat (B, M, *D)
         opts = self.config.mixit
         # 4. eq. (1), A from eq. (1) (exhaustive) or eq. (3) (efficient)
-        mixit, _ = mixit_loss(references, estimates, self.loss_fn, opts.assignment)
+        mixit, _ = mixit_loss(estimates, references, self.loss_fn, opts.assignment)
         loss = mixit
-        logs: dict[str, float] = {}
+        logs: dict[str, Tensor] = {}  # 0-d tensors, read to the host at train.log_every
         if opts.sparsity != "none":
             sparsity = sparsity_loss(opts.sparsity, estimates, mom)  # C_l1 eq. (5) / C_l1/l2 (6)
             loss = loss + opts.sparsity_weight * sparsity  # 5. + lambda_sp C_sp
-            logs["sparsity"] = sparsity.mean().item()
+            logs["sparsity"] = sparsity.detach().mean()
         if opts.covariance_weight > 0:
             covariance = covariance_loss(estimates)  # C_cov, eq. (7)
             loss = loss + opts.covariance_weight * covariance  # 5. + lambda_cov C_cov
-            logs["covariance"] = covariance.mean().item()
+            logs["covariance"] = covariance.detach().mean()
         if logs:
-            logs["mixit_loss"] = mixit.mean().item()
+            logs["mixit_loss"] = mixit.detach().mean()
         loss = loss.mean()
         grad_norm = optimize(self, loss)  # 6.
-        return {"loss": loss.item(), "grad_norm": grad_norm, **logs}
+        return {"loss": loss.detach(), "grad_norm": grad_norm, **logs}
 
     @torch.no_grad()
     def separate(self, mixtures: Tensor, generator: torch.Generator) -> Tensor:
         """``(B, *D)`` -> ``(B, K, *D)``: M outputs reduced to K (mixture-consistent)."""
-        return reduce_to_k(self.model(mixtures), self.task.num_sources)
+        return reduce_to_k(self.call_net(self.model, mixtures), self.task.num_sources)
 
 
 @register_method

@@ -96,22 +96,23 @@ PAPER_SNR_MAX_DB = 30.0
 
 
 def mixpit_loss(
-    references: Tensor, estimates: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor]
+    estimates: Tensor, references: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor]
 ) -> Tensor:
     """MixPIT loss (§III-A, Fig. 2c): PIT, eq. (1), of the two mixture estimates against the
     two observed mixtures whose sum was the input.
 
     Args:
-        references: ``(B, 2, *D)`` the observed mixtures ``x_{i+j}, x_{k+l}``.
         estimates: ``(B, 2, *D)`` the network outputs ``f_theta(x_{i+j} + x_{k+l})``.
-        loss_fn: per-signal loss ``(B, 2, *D), (B, 2, *D) -> (B, 2)`` (eq. 2).
+        references: ``(B, 2, *D)`` the observed mixtures ``x_{i+j}, x_{k+l}``.
+        loss_fn: per-signal loss ``(estimates (B, 2, *D), references (B, 2, *D)) -> (B, 2)``
+            (eq. 2).
 
     Returns:
         ``(B,)`` ``min_P [L(x_{i+j}, [P S_hat]_1) + L(x_{k+l}, [P S_hat]_2)]``.
     """
     if references.shape[1] != 2:
         raise ValueError(f"MixPIT separates two mixtures, got {references.shape[1]} references")
-    loss, _ = pit_loss(references, estimates, loss_fn)
+    loss, _ = pit_loss(estimates, references, loss_fn)
     return loss
 
 
@@ -211,7 +212,7 @@ def mixcycle_loss(
     Returns:
         ``(2P,)`` PIT loss per artificial mixture.
     """
-    loss, _ = pit_loss(remixed.flat_sources(), student, loss_fn)
+    loss, _ = pit_loss(student, remixed.flat_sources(), loss_fn)
     return loss
 
 
@@ -233,6 +234,7 @@ class _MixPITBase(Method):
         self.model = build_separator(self.task, k, self.config).to(self.device)
         self.optimizer = make_optimizer(self.model.parameters(), self.config.train.lr)
         self.loss_fn = signal_loss("snr", PAPER_SNR_MAX_DB)  # eq. (2)
+        self.compile_networks()
 
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.model}
@@ -245,16 +247,16 @@ class _MixPITBase(Method):
         batch = self.config.train.batch_size
         x_a = self.task.sample_mixtures(batch, generator)  # 1. x_{i+j}
         x_b = self.task.sample_mixtures(batch, generator)  # 1. x_{k+l}
-        estimates = self.model(x_a + x_b)  # 2-3. S~ = f_theta(x_{i+j} + x_{k+l})
+        estimates = self.call_net(self.model, x_a + x_b)  # 2-3. S~ = f_theta(x_{i+j} + x_{k+l})
         references = torch.stack([x_a, x_b], dim=1)
-        loss = mixpit_loss(references, estimates, self.loss_fn).mean()  # 4. eq. (1), (2)
+        loss = mixpit_loss(estimates, references, self.loss_fn).mean()  # 4. eq. (1), (2)
         grad_norm = optimize(self, loss)  # 5. theta <- STEP(theta, grad L_PIT)
-        return {"loss": loss.item(), "grad_norm": grad_norm}
+        return {"loss": loss.detach(), "grad_norm": grad_norm}  # read at train.log_every
 
     @torch.no_grad()
     def separate(self, mixtures: Tensor, generator: torch.Generator) -> Tensor:
         """``(B, *D)`` -> ``(B, K, *D)``: the K outputs of f_theta(x_{i+j}) (§III-A)."""
-        return self.model(mixtures)
+        return self.call_net(self.model, mixtures)
 
 
 @register_method
@@ -311,7 +313,7 @@ class MixCycle(_MixPITBase):
         was_training = self.model.training
         self.model.eval()
         try:
-            return self.model(mixtures)
+            return self.call_net(self.model, mixtures)
         finally:
             self.model.train(was_training)
 
@@ -321,7 +323,7 @@ class MixCycle(_MixPITBase):
         observed = self.task.sample_mixtures(2 * pairs, generator)  # 1. (x_{i+j}, x_{k+l})
         teacher = self.teacher_estimates(observed)  # 2. eq. (4), theta' frozen
         remixed = mixcycle_remix(teacher[:pairs], teacher[pairs:], generator)  # 3-4. eq. (5)
-        student = self.model(remixed.flat_mixtures())  # 5. eq. (6)
+        student = self.call_net(self.model, remixed.flat_mixtures())  # 5. eq. (6)
         loss = mixcycle_loss(student, remixed, self.loss_fn).mean()  # 6. L_MC
         grad_norm = optimize(self, loss)  # 7. theta <- STEP(theta, grad L_MC); theta' <- theta
-        return {"loss": loss.item(), "grad_norm": grad_norm}
+        return {"loss": loss.detach(), "grad_norm": grad_norm}

@@ -1,13 +1,22 @@
-"""Permutation invariant training (PIT) utilities.
+"""Permutation invariant training (PIT) and the project's one best-permutation search.
 
 PIT (SURF eq. 3; Isik et al. 2016, Kolbaek et al. 2017) wraps any loss that decomposes over
-sources: ``L(x, x_hat) = min_{sigma in S_K} sum_k l(x_hat^(k), x^(sigma(k)))``. Here a permutation
-is stored as a long tensor ``perm`` of shape ``(B, K)`` with the convention of the papers'
-``sigma x`` (a matrix permuting the rows of ``x``): the aligned references are
-``(sigma x)^(k) = x^(perm[k])``, computed by :func:`apply_permutation`.
+sources: ``L(x, x_hat) = min_{sigma in S_K} sum_k l(x_hat^(k), x^(sigma(k)))``.
 
-The search is exhaustive over the ``K!`` permutations (K <= 6 is practical; the benchmark uses
-K = 2 for images and K <= 4 for audio), fully vectorized over the batch.
+**Convention, for the whole project** (this module, :mod:`methods.losses`,
+:mod:`methods.mixit_assignment` and the metrics of ``tasks/``): functions that compare estimates
+with references take ``(estimates, references)`` in this order (as asteroid's
+``PITLossWrapper(est_targets, targets)``), a pairwise matrix is indexed ``[estimate, reference]``,
+and a permutation is a long tensor ``perm`` of shape ``(B, K)`` meaning **estimate k is paired
+with reference perm[k]**. The aligned references are then ``apply_permutation(references,
+perm)`` (row k is ``references[perm[k]]``, the papers' ``sigma x``); functions return
+``(value, perm)``.
+
+:func:`best_permutation` is the only search: PIT (:func:`pit_permutation`, :func:`pit_loss`, the
+supervised loss), the image metrics, the audio metrics and the FUSS alignment all call it. It is
+exhaustive over the ``K!`` permutations up to K = 8, fully vectorized over the batch (ties: the
+first permutation in lexicographic order, the identity first), and the Hungarian algorithm
+(``scipy.optimize.linear_sum_assignment``) above.
 """
 
 from __future__ import annotations
@@ -16,23 +25,33 @@ import itertools
 from collections.abc import Callable
 from functools import lru_cache
 
+import numpy as np
 import torch
 from torch import Tensor
 
 __all__ = [
+    "EXHAUSTIVE_MAX_SOURCES",
     "all_permutations",
     "apply_permutation",
+    "best_permutation",
     "invert_permutation",
+    "pairwise_losses",
     "pairwise_squared_error",
-    "pit_from_pairwise",
     "pit_loss",
     "pit_permutation",
 ]
 
+#: largest K searched exhaustively (8! = 40,320 permutations); the Hungarian algorithm above
+EXHAUSTIVE_MAX_SOURCES = 8
 
-@lru_cache(maxsize=16)
-def _permutation_table(num_sources: int) -> tuple[tuple[int, ...], ...]:
-    return tuple(itertools.permutations(range(num_sources)))
+
+@lru_cache(maxsize=32)
+def _permutation_table(num_sources: int, device: str) -> Tensor:
+    # a normal tensor even when first asked for under torch.inference_mode (it is cached and
+    # later indexed in autograd-tracked code)
+    with torch.inference_mode(False):
+        table = torch.tensor(list(itertools.permutations(range(num_sources))), dtype=torch.long)
+        return table.to(device)
 
 
 def all_permutations(num_sources: int, device: torch.device | str | None = None) -> Tensor:
@@ -43,14 +62,15 @@ def all_permutations(num_sources: int, device: torch.device | str | None = None)
         device: device of the returned tensor.
 
     Returns:
-        Long tensor of shape ``(K!, K)``; row 0 is the identity.
+        Long tensor of shape ``(K!, K)``; row 0 is the identity. The tensor is cached per
+        (K, device) and shared: do not modify it in place.
 
     Raises:
         ValueError: if ``num_sources < 1`` or ``num_sources > 8`` (K! would be impractical).
     """
-    if not 1 <= num_sources <= 8:
+    if not 1 <= num_sources <= EXHAUSTIVE_MAX_SOURCES:
         raise ValueError(f"PIT needs 1 <= K <= 8 sources, got K={num_sources}")
-    return torch.tensor(_permutation_table(num_sources), dtype=torch.long, device=device)
+    return _permutation_table(num_sources, str(torch.device(device or "cpu")))
 
 
 def apply_permutation(x: Tensor, perm: Tensor) -> Tensor:
@@ -103,25 +123,62 @@ def pairwise_squared_error(estimates: Tensor, references: Tensor) -> Tensor:
     return cost.clamp_min(0.0)
 
 
-def pit_from_pairwise(cost: Tensor) -> tuple[Tensor, Tensor]:
-    """Best permutation given a pairwise cost matrix (exhaustive search over S_K).
+def best_permutation(pairwise: Tensor, maximize: bool = False) -> tuple[Tensor, Tensor]:
+    """The best permutation of a pairwise cost (or score) matrix: the one search of the project.
+
+    Minimises (or maximises) ``sum_k pairwise[b, k, perm[b, k]]`` over ``perm in S_K`` (SURF
+    eq. 3). Up to K = :data:`EXHAUSTIVE_MAX_SOURCES` every permutation is tried, in
+    lexicographic order, the totals summed over ``k`` in order (for K <= 4 this is bit for bit
+    NumPy's ``sum``), and the first best one wins (the identity on ties). Above, the Hungarian
+    algorithm (``scipy.optimize.linear_sum_assignment``, float64, per batch item) finds an
+    optimal permutation. A total that is NaN (only from NaN entries, or ``inf - inf``) is never
+    preferred to a number; if every total is NaN the identity is returned.
 
     Args:
-        cost: ``(B, K, K)``; ``cost[b, i, j]`` is the loss of pairing estimate ``i`` with
-            reference ``j``.
+        pairwise: ``(B, K, K)`` with ``pairwise[b, i, j]`` the cost (score) of pairing row ``i``
+            with column ``j``; in the project's convention rows are estimates and columns
+            references. Any float dtype and device; no gradient flows through the choice.
+        maximize: maximise a score (PSNR, SI-SDR) instead of minimising a cost.
 
     Returns:
-        ``(perm, total)``: ``perm`` ``(B, K)`` long, the minimiser of
-        ``sum_k cost[b, k, perm[b, k]]`` (SURF eq. 3), and ``total`` ``(B,)`` the minimum.
-        Ties resolve to the lexicographically first permutation (identity first).
+        ``(total, perm)``: ``total`` ``(B,)`` the optimum ``sum_k pairwise[b, k, perm[b, k]]``
+        (in ``pairwise``'s dtype; differentiable if ``pairwise`` is), ``perm`` ``(B, K)`` long,
+        row ``k`` paired with column ``perm[b, k]``.
+
+    Raises:
+        ValueError: ``pairwise`` is not a ``(B, K, K)`` tensor with K >= 1.
     """
-    batch, num_sources, _ = cost.shape
-    perms = all_permutations(num_sources, cost.device)  # (P, K)
-    # gathered[b, p, k] = cost[b, k, perms[p, k]]
-    gathered = cost[:, torch.arange(num_sources, device=cost.device)[None, :], perms]
-    totals = gathered.sum(-1)  # (B, P)
-    best = totals.argmin(dim=1)
-    return perms[best], totals.gather(1, best[:, None]).squeeze(1)
+    if pairwise.dim() != 3 or pairwise.shape[1] != pairwise.shape[2] or pairwise.shape[1] < 1:
+        raise ValueError(
+            f"best_permutation needs a (B, K, K) matrix with K >= 1, got {tuple(pairwise.shape)}"
+        )
+    num_sources = pairwise.shape[1]
+    rows = torch.arange(num_sources, device=pairwise.device)
+    if num_sources > EXHAUSTIVE_MAX_SOURCES:
+        perm = _hungarian(pairwise.detach(), maximize)
+        return pairwise.gather(2, perm[:, :, None]).squeeze(2).sum(-1), perm
+    perms = all_permutations(num_sources, pairwise.device)  # (P, K)
+    totals = pairwise[:, rows[None, :], perms].sum(-1)  # (B, P): sum_k pairwise[b, k, p[k]]
+    worst = -torch.inf if maximize else torch.inf
+    ranked = torch.where(torch.isnan(totals), worst, totals).detach()
+    best = ranked.argmax(dim=1) if maximize else ranked.argmin(dim=1)  # first best
+    return totals.gather(1, best[:, None]).squeeze(1), perms[best]
+
+
+def _hungarian(pairwise: Tensor, maximize: bool) -> Tensor:
+    """``linear_sum_assignment`` per batch item; non-finite entries are replaced by finite
+    values worse (NaN, +inf for a cost) or better (-inf) than any achievable total."""
+    from scipy.optimize import linear_sum_assignment
+
+    cost = pairwise.to("cpu", torch.float64).numpy()
+    finite = cost[np.isfinite(cost)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    margin = (high - low + 1.0) * (cost.shape[1] + 1)
+    bad = low - margin if maximize else high + margin
+    cost = np.where(np.isnan(cost), bad, cost)
+    cost = np.clip(cost, low - margin, high + margin)
+    perms = [linear_sum_assignment(item, maximize=maximize)[1] for item in cost]
+    return torch.as_tensor(np.stack(perms), dtype=torch.long, device=pairwise.device)
 
 
 @torch.no_grad()
@@ -134,41 +191,64 @@ def pit_permutation(estimates: Tensor, references: Tensor) -> Tensor:
 
     Returns:
         ``(B, K)`` long permutations ``perm`` minimising
-        ``||estimates - apply_permutation(references, perm)||^2`` per batch item.
+        ``||estimates - apply_permutation(references, perm)||^2`` per batch item (estimate k
+        paired with reference ``perm[k]``; ties: the identity first).
     """
-    perm, _ = pit_from_pairwise(pairwise_squared_error(estimates, references))
+    _, perm = best_permutation(pairwise_squared_error(estimates, references))
     return perm
 
 
-def pit_loss(
-    references: Tensor, estimates: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor]
-) -> tuple[Tensor, Tensor]:
-    """Utterance-level PIT, eq. (1): ``min_P sum_r L(s_r, [P S_hat]_r)``, exhaustive over S_N.
+def pairwise_losses(
+    estimates: Tensor, references: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor]
+) -> Tensor:
+    """A per-signal loss between every estimate and every reference.
 
     Args:
-        references: ``(B, N, *D)`` references ``s_r``.
-        estimates: ``(B, N, *D)`` estimates ``S_hat``.
-        loss_fn: per-signal loss ``(refs (B, N, *D), est (B, N, *D)) -> (B, N)``, e.g. the
-            negative thresholded SNR of eq. (2).
+        estimates: ``(B, K, *D)``.
+        references: ``(B, K, *D)``.
+        loss_fn: per-signal loss ``(estimates (B, N, *D), references (B, N, *D)) -> (B, N)``.
 
     Returns:
-        ``(loss, perm)``: ``loss`` ``(B,)`` the minimum (differentiable with respect to
-        ``estimates``), ``perm`` ``(B, N)`` the minimising permutation: reference ``r`` is
-        matched with estimate ``perm[b, r]``. Ties resolve to the identity.
+        ``(B, K, K)`` with ``[b, i, j] = loss_fn(estimate i, reference j)``: each entry is
+        computed on exactly the values (and with the same reductions) that ``loss_fn`` sees
+        when the pair is aligned, so it equals that loss bit for bit.
     """
-    batch, num = references.shape[:2]
-    if estimates.shape[:2] != (batch, num):
+    batch, num = estimates.shape[:2]
+    shape = (batch, num, num, *estimates.shape[2:])
+    ests = estimates[:, :, None].expand(shape).reshape(batch, num * num, *shape[3:])  # [i, j] -> i
+    refs = references[:, None].expand(shape).reshape(batch, num * num, *shape[3:])  # [i, j] -> j
+    return loss_fn(ests, refs).reshape(batch, num, num)
+
+
+def pit_loss(
+    estimates: Tensor, references: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor]
+) -> tuple[Tensor, Tensor]:
+    """Utterance-level PIT (MixPIT eq. 1, SURF eq. 3): ``min_P sum_k L([P S_hat]_k, s_k)``.
+
+    The ``K x K`` matrix of every estimate against every reference is computed once without
+    gradient and searched by :func:`best_permutation` (not the K! full evaluations of the
+    loss); the loss is then evaluated once, with gradient, on the chosen pairing.
+
+    Args:
+        estimates: ``(B, K, *D)`` estimates ``S_hat``.
+        references: ``(B, K, *D)`` references ``s_k``.
+        loss_fn: per-signal loss ``(estimates (B, K, *D), references (B, K, *D)) -> (B, K)``,
+            e.g. the negative thresholded SNR of eq. (2).
+
+    Returns:
+        ``(loss, perm)``: ``loss`` ``(B,)`` the minimum ``sum_k loss_fn(estimate k, reference
+        perm[k])`` (differentiable with respect to ``estimates``), ``perm`` ``(B, K)`` long
+        (estimate k paired with reference ``perm[b, k]``; ties: the identity first).
+
+    Raises:
+        ValueError: different numbers of estimates and references.
+    """
+    if estimates.shape[:2] != references.shape[:2]:
         raise ValueError(
             f"PIT needs as many estimates as references, got {tuple(estimates.shape[:2])} "
             f"estimates for {tuple(references.shape[:2])} references"
         )
-    perms = all_permutations(num, references.device)  # (P, N)
-    totals = torch.stack(
-        [
-            loss_fn(references, apply_permutation(estimates, p.expand(batch, num))).sum(-1)
-            for p in perms
-        ],
-        dim=1,
-    )  # (B, P)
-    best = totals.argmin(dim=1)
-    return totals.gather(1, best[:, None]).squeeze(1), perms[best]
+    with torch.no_grad():
+        _, perm = best_permutation(pairwise_losses(estimates, references, loss_fn))
+    loss = loss_fn(estimates, apply_permutation(references, perm)).sum(-1)
+    return loss, perm

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from benchmark.config import param
 from benchmark.registry import register_method
-from methods.base import Method, make_optimizer, optimize
+from methods.base import Method, drop_compiled, make_optimizer, optimize
 from methods.ema import ema_update, make_ema_copy
 from methods.mixit_assignment import reduce_to_k
 from methods.pit import apply_permutation, invert_permutation, pit_permutation
@@ -94,11 +94,13 @@ class _Remixing(Method):
     def setup(self, teacher: Method | None) -> None:
         if teacher is None or not hasattr(teacher, "model"):
             raise ValueError(f"{self.name} needs the trained MixIT model as teacher")
-        self.student = copy.deepcopy(teacher.model).to(self.device)
+        # a copy of an uncompiled network (a compiled one's copy would run the original)
+        self.student = drop_compiled(copy.deepcopy(teacher.model)).to(self.device)
         self.student.requires_grad_(True)
         self.student.train()
         self.ema = make_ema_copy(self.student)
         self.optimizer = make_optimizer(self.student.parameters(), self.config.train.lr)
+        self.compile_networks()
 
     def modules(self) -> dict[str, nn.Module]:
         return {"student": self.student, "ema": self.ema}
@@ -107,7 +109,7 @@ class _Remixing(Method):
         return self.student
 
     def _estimates(self, net: nn.Module, mixtures: Tensor) -> Tensor:
-        return reduce_to_k(net(mixtures), self.task.num_sources)
+        return reduce_to_k(self.call_net(net, mixtures), self.task.num_sources)
 
     def loss(self, student: Tensor, remixed: Remix, upsilon: Tensor, mixtures: Tensor) -> Tensor:
         raise NotImplementedError
@@ -123,7 +125,7 @@ class _Remixing(Method):
         loss = self.loss(student_est, remixed, upsilon, mixtures)  # 7. eq. (16) / (17)
         grad_norm = optimize(self, loss)  # 8.
         ema_update(self.ema, self.student, cfg.remix.ema_decay)  # 9.
-        return {"loss": loss.item(), "grad_norm": grad_norm}
+        return {"loss": loss.detach(), "grad_norm": grad_norm}  # read at train.log_every
 
     @torch.no_grad()
     def separate(self, mixtures: Tensor, generator: torch.Generator) -> Tensor:

@@ -29,7 +29,7 @@ from benchmark.registry import register_method
 from methods.base import Method, make_optimizer, optimize
 from methods.losses import pairwise_log_mse
 from methods.model_factory import build_separator
-from methods.pit import pit_from_pairwise
+from methods.pit import best_permutation
 
 __all__ = ["SupervisedConfig", "SupervisedRegression", "supervised_pit_loss"]
 
@@ -67,8 +67,8 @@ def supervised_pit_loss(
         (differentiable with respect to ``estimates``) and the ``(B, K)`` minimising
         permutations (``(sigma x)^(k) = x^(perm[k])``).
     """
-    cost = pairwise_log_mse(references, estimates, snr_max_db)  # (B, K, K): [estimate, ref]
-    perm, total = pit_from_pairwise(cost)
+    cost = pairwise_log_mse(estimates, references, snr_max_db)  # (B, K, K): [estimate, ref]
+    total, perm = best_permutation(cost)
     return total.mean() / estimates.shape[1], perm
 
 
@@ -88,6 +88,7 @@ class SupervisedRegression(Method):
         k = self.task.num_sources
         self.model = build_separator(self.task, k, cfg).to(self.device)
         self.optimizer = make_optimizer(self.model.parameters(), cfg.train.lr)
+        self.compile_networks()
 
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.model}
@@ -99,12 +100,12 @@ class SupervisedRegression(Method):
         cfg = self.config
         sources = self.task.sample_sources(cfg.train.batch_size, generator)  # 1. x (B, K, *D)
         mixtures = sources.sum(dim=1)  # 2. m = sum_k x^(k), eq. (1)
-        estimates = self.model(mixtures)  # 3. x_hat (B, K, *D)
+        estimates = self.call_net(self.model, mixtures)  # 3. x_hat (B, K, *D)
         loss, _ = supervised_pit_loss(estimates, sources, cfg.supervised.snr_max)  # 4. eq. (3)
         grad_norm = optimize(self, loss)  # 5.
-        return {"loss": loss.item(), "grad_norm": grad_norm}
+        return {"loss": loss.detach(), "grad_norm": grad_norm}  # read at train.log_every
 
     @torch.no_grad()
     def separate(self, mixtures: Tensor, generator: torch.Generator) -> Tensor:
         """``(B, *D)`` -> ``(B, K, *D)`` mixture-consistent estimates."""
-        return self.model(mixtures)
+        return self.call_net(self.model, mixtures)

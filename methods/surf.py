@@ -44,7 +44,7 @@ from methods.ema import beta_schedule, ema_update, make_ema_copy
 from methods.flow import (
     clean_estimate,
     euler_sample,
-    hybrid_velocity,
+    hybrid_euler_sample,
     initial_state,
     interpolant,
     noise_sigma,
@@ -204,6 +204,7 @@ class _Surf(Method):
         self.student.to(self.device).train()
         self.ema = make_ema_copy(self.student)
         self.optimizer = make_optimizer(self.student.parameters(), cfg.train.lr)
+        self.compile_networks()
 
     def modules(self) -> dict[str, nn.Module]:
         return {"student": self.student, "ema": self.ema}
@@ -218,9 +219,13 @@ class _Surf(Method):
             return beta_schedule(step, surf.beta_decay_steps)
         return float(surf.beta)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def teacher_sample(self, mixtures: Tensor, beta: float, generator: torch.Generator) -> Tensor:
         """``X_bar ~ p_theta_T(. | M)``: Euler solve of the hybrid velocity (App. D.3).
+
+        Runs under ``torch.inference_mode`` (no gradient, no autograd bookkeeping); the MixIT
+        estimate is computed only when ``beta > 0`` and the EMA flow teacher only at grid times
+        ``t_i >= beta``, decided from Python floats (:func:`methods.flow.hybrid_euler_sample`).
 
         Args:
             mixtures: ``(B, *D)``.
@@ -236,13 +241,13 @@ class _Surf(Method):
             mixtures, self.task.num_sources, self._sigma(mixtures), generator=generator
         )
         mixit_est = self.mixit.separate(mixtures, generator) if beta > 0 else None
-
-        def velocity(x_t: Tensor, t: Tensor) -> Tensor:
-            return hybrid_velocity(
-                x_t, t, x0, mixit_est, lambda x, s: self.ema(x, s, mixtures), beta
-            )
-
-        return euler_sample(velocity, x0, surf.euler_steps)
+        return hybrid_euler_sample(
+            x0,
+            mixit_est,
+            lambda x, s: self.call_net(self.ema, x, s, mixtures),
+            beta,
+            surf.euler_steps,
+        )
 
     def _sigma(self, mixtures: Tensor) -> float | Tensor:
         """``sigma`` of eq. 4 for these mixtures (``surf.noise_scale``, ``noise_reference``)."""
@@ -281,17 +286,20 @@ class _Surf(Method):
         x1, m_tilde = remixed.sources, remixed.mixtures
         t = self._sample_t(x1.shape[0], generator)  # [7]
         x0 = initial_state(m_tilde, k, self._sigma(m_tilde), generator=generator)  # [8-9] eq. 4
-        with torch.no_grad():  # [10] PIT at t = 0 with stop-gradient, eq. (21)-(22)
+        with torch.inference_mode():  # [10] PIT at t = 0 with stop-gradient, eq. (21)-(22)
             zeros = torch.zeros_like(t)
-            x1_hat = clean_estimate(x0, self.student(x0, zeros, m_tilde), zeros)  # eq. (9)
+            v0 = self.call_net(self.student, x0, zeros, m_tilde)
+            x1_hat = clean_estimate(x0, v0, zeros)  # eq. (9)
             upsilon = pit_permutation(x1_hat, x1)
         x1_aligned = apply_permutation(x1, upsilon)  # Upsilon X_1
         x_t = interpolant(x0, x1_aligned, t)  # [11] eq. (20)
-        residual = self.student(x_t, t, m_tilde) - target_velocity(x0, x1_aligned)  # [12] (23)
+        velocity = self.call_net(self.student, x_t, t, m_tilde)
+        residual = velocity - target_velocity(x0, x1_aligned)  # [12] eq. (23)
         loss = self.loss(residual, upsilon, remixed.perm)  # [13] / [14]
         grad_norm = optimize(self, loss)  # [15]
         ema_update(self.ema, self.student, cfg.surf.ema_decay)  # [16]
-        return {"loss": loss.item(), "grad_norm": grad_norm, "beta": beta}
+        # 0-d tensors: read to the host by the training loop at train.log_every only
+        return {"loss": loss.detach(), "grad_norm": grad_norm, "beta": beta}
 
     @torch.no_grad()
     def separate(self, mixtures: Tensor, generator: torch.Generator) -> Tensor:
@@ -301,7 +309,9 @@ class _Surf(Method):
         x0 = initial_state(
             mixtures, self.task.num_sources, self._sigma(mixtures), generator=generator
         )
-        return euler_sample(lambda x, t: net(x, t, mixtures), x0, cfg.eval.euler_steps)
+        return euler_sample(
+            lambda x, t: self.call_net(net, x, t, mixtures), x0, cfg.eval.euler_steps
+        )
 
 
 @register_method

@@ -51,7 +51,7 @@ from torch import Tensor
 from benchmark.registry import register_task
 from tasks.audio import AudioDataError, AudioTask, fit_length, read_audio
 from tasks.audio_metrics import map_items
-from tasks.base import DatasetNotFoundError, EvalSet, parse_perm
+from tasks.base import DatasetNotFoundError, EvalSet
 from tasks.fuss_metrics import fuss_row, fuss_summary
 
 __all__ = ["FussTask", "Libri2MixTask", "LibriFussTask", "read_segment"]
@@ -476,12 +476,6 @@ class FussTask(AudioTask):
                 mixtures=torch.from_numpy(mixtures), sources=torch.from_numpy(sources)
             )
         return self._eval
-
-    @classmethod
-    def estimate_order(cls, perm: str) -> list[int]:
-        """FUSS rows record, for reference slot ``i``, the estimate ``perm[i]`` aligned to it
-        (:func:`tasks.fuss_metrics.fuss_example_scores`): that already is the order."""
-        return parse_perm(perm)
 
     def score(
         self, estimates: Tensor, sources: Tensor, mixtures: Tensor, lengths: Tensor | None = None

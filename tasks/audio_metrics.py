@@ -10,7 +10,9 @@ Definitions and choices (README "Audio metrics"):
   subtracts each signal's mean (the variant of Le Roux et al. and asteroid). No epsilon: a
   silent reference gives NaN, a perfect estimate +inf.
 - **PIT**: per mixture the estimate-to-source permutation maximising the mean SI-SDR over the
-  K sources is chosen (all K! permutations) and reused for every other metric.
+  K sources is chosen (:func:`methods.pit.best_permutation`, all K! permutations; a NaN entry
+  counts as 0 in a total, ties go to the first permutation in lexicographic order) and reused
+  for every other metric.
 - **SI-SDRi** = ``SI-SDR(x, x_hat) - SI-SDR(x, m)``, with ``m`` the mixture (sum of sources).
 - **PESQ** (ITU-T P.862, ``pesq`` package): wide band at 16 kHz, narrow band at 8 kHz (the two
   rates PESQ defines). PESQ raises on silent or too-short signals; such an item is recorded as
@@ -24,19 +26,31 @@ Definitions and choices (README "Audio metrics"):
   DNSMOS is non-intrusive and level dependent and speechmos refuses samples outside [-1, 1]:
   an estimate whose peak exceeds 1 is divided by its peak (peak-normalised to 1); estimates
   within [-1, 1] are scored unchanged.
+
+Every function takes estimates before references (the project's convention,
+:mod:`methods.pit`). :func:`map_items` scores items in worker processes from one pool per
+process, started once (forkserver, with NumPy, PESQ, pystoi and this module imported once) and
+reused by every later evaluation; it scores serially when the items would finish sooner than
+the workers pay off. Results do not depend on the number of workers, except that pystoi's
+float64 result can differ in its last bit between processes (it depends on memory alignment).
 """
 
 from __future__ import annotations
 
-import itertools
+import atexit
 import math
 import multiprocessing
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import numpy as np
+import torch
+
+from methods.pit import best_permutation
 
 __all__ = [
     "AUDIO_METRIC_FAMILIES",
@@ -47,6 +61,7 @@ __all__ = [
     "pesq_score",
     "pit_si_sdr",
     "score_audio_mixture",
+    "shutdown_workers",
     "si_sdr",
 ]
 
@@ -56,12 +71,12 @@ AUDIO_METRIC_FAMILIES = ("si_sdr", "pesq", "estoi", "dnsmos")
 DNSMOS_RATE = 16_000
 
 
-def si_sdr(reference: np.ndarray, estimate: np.ndarray, zero_mean: bool = False) -> np.ndarray:
+def si_sdr(estimate: np.ndarray, reference: np.ndarray, zero_mean: bool = False) -> np.ndarray:
     """Scale-invariant SDR (SURF Appendix D.2; Le Roux et al. 2019), in dB.
 
     Args:
-        reference: ``(..., T)`` reference signals x.
         estimate: ``(..., T)`` estimates x_hat (broadcast against ``reference``).
+        reference: ``(..., T)`` reference signals x.
         zero_mean: subtract each signal's mean over T first (the zero-mean variant); False is
             D.2's formula as written.
 
@@ -82,21 +97,21 @@ def si_sdr(reference: np.ndarray, estimate: np.ndarray, zero_mean: bool = False)
 
 
 def pairwise_si_sdr(
-    references: np.ndarray, estimates: np.ndarray, zero_mean: bool = False
+    estimates: np.ndarray, references: np.ndarray, zero_mean: bool = False
 ) -> np.ndarray:
-    """``(K, T)`` references and ``(K, T)`` estimates -> ``(K_est, K_ref)`` SI-SDR (dB):
+    """``(K, T)`` estimates and ``(K, T)`` references -> ``(K_est, K_ref)`` SI-SDR (dB):
     entry ``[i, j]`` scores estimate i against reference j."""
-    return si_sdr(references[None, :, :], estimates[:, None, :], zero_mean)
+    return si_sdr(estimates[:, None, :], references[None, :, :], zero_mean)
 
 
 def pit_si_sdr(
-    references: np.ndarray, estimates: np.ndarray, mixture: np.ndarray, zero_mean: bool = False
+    estimates: np.ndarray, references: np.ndarray, mixture: np.ndarray, zero_mean: bool = False
 ) -> dict[str, Any]:
     """SI-SDR and SI-SDRi per source under the PIT-chosen permutation.
 
     Args:
-        references: ``(K, T)`` sources.
         estimates: ``(K, T)`` estimates in any order.
+        references: ``(K, T)`` sources.
         mixture: ``(T,)`` the mixture the estimates came from (SI-SDRi baseline).
         zero_mean: see :func:`si_sdr`.
 
@@ -106,24 +121,22 @@ def pit_si_sdr(
         the estimate matched to each reference).
     """
     k = references.shape[0]
-    pair = pairwise_si_sdr(references, estimates, zero_mean)
-    best_perm, best_total = None, -math.inf
-    for perm in itertools.permutations(range(k)):
-        total = float(np.nansum(pair[np.arange(k), list(perm)]))
-        if best_perm is None or total > best_total:
-            best_perm, best_total = perm, total
+    pair = pairwise_si_sdr(estimates, references, zero_mean)
+    counted = np.nan_to_num(pair, nan=0.0, posinf=np.inf, neginf=-np.inf)  # NaN counts as 0
+    _, perm = best_permutation(torch.from_numpy(counted)[None], maximize=True)
+    best_perm = tuple(perm[0].tolist())
     order = np.empty(k, dtype=np.int64)
     order[list(best_perm)] = np.arange(k)  # reference j <- estimate order[j]
     scores = pair[order, np.arange(k)]
-    baseline = si_sdr(references, mixture[None, :], zero_mean)
+    baseline = si_sdr(mixture[None, :], references, zero_mean)
     with np.errstate(invalid="ignore"):  # inf - inf (silent reference) is NaN, as it should
         improvement = scores - baseline
     return {"perm": best_perm, "order": order, "si_sdr": scores, "si_sdri": improvement}
 
 
-def pesq_score(reference: np.ndarray, estimate: np.ndarray, sample_rate: int) -> float:
-    """PESQ MOS-LQO (ITU-T P.862 via the ``pesq`` package): ``"wb"`` at 16 kHz, ``"nb"`` at
-    8 kHz. ``(T,)`` arrays at ``sample_rate`` Hz.
+def pesq_score(estimate: np.ndarray, reference: np.ndarray, sample_rate: int) -> float:
+    """PESQ MOS-LQO (ITU-T P.862 via the ``pesq`` package, ``pesq(rate, reference, estimate,
+    mode)``): ``"wb"`` at 16 kHz, ``"nb"`` at 8 kHz. ``(T,)`` arrays at ``sample_rate`` Hz.
 
     Returns:
         The score (about -0.5 to 4.64), or NaN when PESQ raises (silent or too-short signal).
@@ -143,9 +156,10 @@ def pesq_score(reference: np.ndarray, estimate: np.ndarray, sample_rate: int) ->
         return math.nan
 
 
-def estoi(reference: np.ndarray, estimate: np.ndarray, sample_rate: int) -> float:
-    """ESTOI (Jensen & Taal 2016; ``pystoi.stoi(extended=True)``) of ``(T,)`` arrays at their
-    native ``sample_rate`` (Hz); roughly in [0, 1], higher is more intelligible.
+def estoi(estimate: np.ndarray, reference: np.ndarray, sample_rate: int) -> float:
+    """ESTOI (Jensen & Taal 2016; ``pystoi.stoi(reference, estimate, rate, extended=True)``) of
+    ``(T,)`` arrays at their native ``sample_rate`` (Hz); roughly in [0, 1], higher is more
+    intelligible.
 
     Returns:
         The score, or NaN where ESTOI is undefined: pystoi needs 30 frames (384 ms) of
@@ -215,7 +229,7 @@ def score_audio_mixture(
     unknown = set(families) - set(AUDIO_METRIC_FAMILIES)
     if unknown:
         raise ValueError(f"unknown audio metrics {sorted(unknown)}; valid: {AUDIO_METRIC_FAMILIES}")
-    pit = pit_si_sdr(references, estimates, mixture, zero_mean)
+    pit = pit_si_sdr(estimates, references, mixture, zero_mean)
     refs = list(range(references.shape[0])) if scored is None else list(scored)
     row: dict[str, Any] = {
         "si_sdr": float(np.mean(pit["si_sdr"][refs])),
@@ -223,11 +237,11 @@ def score_audio_mixture(
     }
     matched = [(references[j], estimates[pit["order"][j]]) for j in refs]
     if "pesq" in families:
-        values = [pesq_score(ref, est, sample_rate) for ref, est in matched]
+        values = [pesq_score(est, ref, sample_rate) for ref, est in matched]
         row["pesq"] = float(np.mean(values))  # NaN if any failed: the item is not dropped
         row["pesq_failed"] = int(np.isnan(values).sum())
     if "estoi" in families:
-        values = [estoi(ref, est, sample_rate) for ref, est in matched]
+        values = [estoi(est, ref, sample_rate) for ref, est in matched]
         row["estoi"] = float(np.mean(values))
         row["estoi_failed"] = int(np.isnan(values).sum())
     if "dnsmos" in families:
@@ -241,6 +255,44 @@ def _apply(args: tuple[Callable[..., Any], tuple, dict]) -> Any:
     return fn(*positional, **keyword)
 
 
+#: modules the worker processes import once, in the forkserver, before any item
+_PRELOAD = ["numpy", "torch", "pesq", "pystoi", "methods.pit", "tasks.audio_metrics"]
+#: started worker pools of this process, by number of workers (reused by every call)
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+#: estimated serial time of the remaining items (s) above which they go to the workers:
+#: a started pool dispatches in milliseconds, a new one takes seconds to start
+PARALLEL_MIN_SECONDS_WARM = 0.5
+PARALLEL_MIN_SECONDS_COLD = 3.0
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    """forkserver (workers forked from a server that has imported :data:`_PRELOAD`, safe with
+    PyTorch and ONNX Runtime threads in this process), else spawn."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(_PRELOAD)
+        return context
+    return multiprocessing.get_context("spawn")
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    pool = _POOLS.get(workers)
+    if pool is None:
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=_context())
+        _POOLS[workers] = pool
+    return pool
+
+
+def shutdown_workers() -> None:
+    """Stop the worker pools that :func:`map_items` started (also done at exit)."""
+    while _POOLS:
+        _workers, pool = _POOLS.popitem()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+atexit.register(shutdown_workers)
+
+
 def map_items(
     fn: Callable[..., Any],
     items: Sequence[tuple],
@@ -249,14 +301,26 @@ def map_items(
 ) -> list[Any]:
     """``[fn(*item, **kwargs) for item in items]``, in worker processes when ``workers > 1``.
 
-    Results are in item order and identical to the serial loop (each item is computed by the
-    same deterministic function). Workers are started with ``spawn`` (safe with PyTorch and
-    ONNX Runtime threads in the parent); ``fn`` must be a module-level function.
+    Results are in item order and equal to the serial loop (each item is computed by the same
+    deterministic function). The first item is scored here and timed: the rest go to the
+    workers only if scoring them serially would take longer than
+    :data:`PARALLEL_MIN_SECONDS_WARM` (:data:`PARALLEL_MIN_SECONDS_COLD` while this process
+    has not started its pool yet). The pool of ``workers`` processes is started once per
+    process (:func:`_context`) and reused by every later call; ``fn`` must be a module-level
+    function.
     """
     if workers <= 1 or len(items) <= 1:
         return [fn(*item, **kwargs) for item in items]
-    jobs = [(fn, tuple(item), kwargs) for item in items]
-    chunk = max(1, len(jobs) // (4 * workers))
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        return list(pool.map(_apply, jobs, chunksize=chunk))
+    begin = time.perf_counter()
+    first = fn(*items[0], **kwargs)
+    rest = items[1:]
+    threshold = PARALLEL_MIN_SECONDS_WARM if workers in _POOLS else PARALLEL_MIN_SECONDS_COLD
+    if (time.perf_counter() - begin) * len(rest) < threshold:
+        return [first, *(fn(*item, **kwargs) for item in rest)]
+    jobs = [(fn, tuple(item), kwargs) for item in rest]
+    chunk = max(1, len(jobs) // (8 * workers))
+    try:
+        return [first, *_pool(workers).map(_apply, jobs, chunksize=chunk)]
+    except BrokenProcessPool:
+        _POOLS.pop(workers, None)  # a worker died: the next call starts a new pool
+        raise

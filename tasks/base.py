@@ -218,8 +218,9 @@ class Task(ABC):
 
         The default reads ``perm`` as the image and speech scores write it: estimate ``k`` is
         matched to source ``perm[k]`` (:func:`tasks.image_metrics.image_separation_scores`,
-        :func:`tasks.audio_metrics.pit_si_sdr`). A task whose scores write the other direction
-        overrides this (FUSS: :meth:`tasks.audio_corpora.FussTask.estimate_order`).
+        :func:`tasks.audio_metrics.pit_si_sdr`, the FUSS alignment: every metric follows the
+        one convention of :func:`methods.pit.best_permutation`). A task whose scores write
+        another convention overrides this.
 
         Args:
             perm: ``"1,0"``-style permutation of ``0..K-1``.

@@ -12,7 +12,9 @@ padded with silence):
    ``SI-SNR = 10 log10((c^2 + eps) / (noise + eps))``, ``eps = 1e-8``: bounded to about
    ±80 dB (+80 for a perfect estimate, -80 for a silent estimate or reference).
 2. **Alignment**: estimates are permuted onto the S reference slots by exhaustive search of the
-   permutation maximising the summed SI-SNR (ties: the first in ``itertools`` order).
+   permutation maximising the summed SI-SNR (:func:`methods.pit.best_permutation` on the
+   ``[reference slot, estimate]`` matrix, so that ties go to the first slot-to-estimate
+   assignment in ``itertools`` order, as before; silent slots make such ties common).
 3. **Activity**: a reference is active when its RMS exceeds 1e-8; an (aligned) estimate is active
    when its power (mean square) exceeds 0.01 x the power of the quietest active reference
    (20 dB below it); a pair is active when both are.
@@ -28,11 +30,13 @@ padded with silence):
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
+
+from methods.pit import best_permutation
 
 __all__ = [
     "FUSS_EPS",
@@ -73,17 +77,18 @@ def fuss_si_snr(estimate: np.ndarray, target: np.ndarray, eps: float = FUSS_EPS)
 
 
 def fuss_example_scores(
-    references: np.ndarray, estimates: np.ndarray, mixture: np.ndarray | None = None
+    estimates: np.ndarray, references: np.ndarray, mixture: np.ndarray | None = None
 ) -> dict[str, Any]:
     """FUSS metrics of one example (module docstring, steps 1-4).
 
     Args:
-        references: ``(S, T)`` reference sources, silent rows for absent sources.
         estimates: ``(S, T)`` separated signals in any order.
+        references: ``(S, T)`` reference sources, silent rows for absent sources.
         mixture: ``(T,)`` the mixture; default the sum of the references.
 
     Returns:
-        ``perm`` (reference slot i gets estimate ``perm[i]``), ``si_snr``, ``si_snr_mixture``,
+        ``perm`` (the project's convention, :mod:`methods.pit`: estimate k is aligned to
+        reference slot ``perm[k]``), ``si_snr``, ``si_snr_mixture``,
         ``si_snri`` (``(S,)`` dB per reference slot), ``power_sources``, ``power_separated``
         (``(S,)`` mean squares, aligned), ``active_refs``, ``active_seps``, ``active_pairs``
         (``(S,)`` bool), ``num_active_refs``, ``num_active_seps``, ``num_active_pairs`` (int),
@@ -102,15 +107,13 @@ def fuss_example_scores(
     num = references.shape[0]
     if mixture is None:
         mixture = references.sum(0)
-    # pair[i, j] = SI-SNR(estimate j, reference i)
+    # pair[i, j] = SI-SNR(estimate j, reference i): searched with slots as rows, so that the
+    # result is evaluate_lib's slot -> estimate assignment (and its tie order)
     pair = fuss_si_snr(estimates[None, :, :], references[:, None, :])
-    best, best_total = None, -np.inf
-    for perm in itertools.permutations(range(num)):
-        total = pair[np.arange(num), list(perm)].sum()
-        if best is None or total > best_total:
-            best, best_total = perm, total
-    aligned = estimates[list(best)]
-    si_snr = pair[np.arange(num), list(best)]
+    _, slot_perm = best_permutation(torch.from_numpy(pair)[None], maximize=True)
+    best = slot_perm[0].numpy()  # reference slot i gets estimate best[i]
+    aligned = estimates[best]
+    si_snr = pair[np.arange(num), best]
     si_snr_mixture = fuss_si_snr(np.broadcast_to(mixture, references.shape), references)
     power_separated = (aligned**2).mean(-1)
     power_sources = (references**2).mean(-1)
@@ -121,8 +124,10 @@ def fuss_example_scores(
         active_seps = np.zeros(num, dtype=bool)
     active_pairs = active_refs & active_seps
     n_refs, n_seps = int(active_refs.sum()), int(active_seps.sum())
+    perm = np.empty(num, dtype=np.int64)
+    perm[best] = np.arange(num)  # estimate best[i] is aligned to slot i
     return {
-        "perm": best,
+        "perm": tuple(perm.tolist()),
         "si_snr": si_snr,
         "si_snr_mixture": si_snr_mixture,
         "si_snri": si_snr - si_snr_mixture,
@@ -146,7 +151,7 @@ def fuss_row(estimates: np.ndarray, references: np.ndarray, mixture: np.ndarray)
     (i = 1..S), the counts, ``under``/``equal``/``over`` (0/1), and per-example conveniences
     ``fuss_1s`` / ``fuss_{2,3,4}si`` (mean over the example's active pairs, NaN for other
     counts) and ``fuss_msi``. Pooled values come from :func:`fuss_summary`."""
-    out = fuss_example_scores(references, estimates, mixture)
+    out = fuss_example_scores(estimates, references, mixture)
     row: dict[str, Any] = {}
     for i in range(references.shape[0]):
         row[f"si_snr_s{i + 1}"] = float(out["si_snr"][i])

@@ -71,7 +71,7 @@ def test_libri2mix_eval_full_length_padded_and_scored_on_true_length(libri_root)
     scores = task.score(noisy, data.sources, data.mixtures, lengths=data.lengths)
     assert set(task.metrics) <= set(scores.columns) and (scores["perm"] == "1,0").all()
     end = 73_600
-    direct = si_sdr(data.sources[0, :, :end].numpy(), noisy[0, [1, 0], :end].numpy()).mean()
+    direct = si_sdr(noisy[0, [1, 0], :end].numpy(), data.sources[0, :, :end].numpy()).mean()
     assert scores.at[0, "si_sdr"] == pytest.approx(direct, rel=1e-12)
     assert 1.0 < scores["dnsmos"].min() and scores["pesq"].notna().all()
     cropped = _libri_task(libri_root, eval_segment_s=2.0).eval_set()
@@ -202,7 +202,7 @@ def test_libri_fuss_scores_speech_only_and_trains_on_mixtures(libri_fuss_root):
     est[:, 1] += 0.5 * data.sources[:, 0]  # a bad background estimate does not count
     est[:, 0] += 0.1 * data.sources[:, 1]
     scores = task.score(est, data.sources, data.mixtures)
-    direct = si_sdr(data.sources[:, 0].numpy(), est[:, 0].numpy())
+    direct = si_sdr(est[:, 0].numpy(), data.sources[:, 0].numpy())
     np.testing.assert_allclose(scores["si_sdr"], direct, rtol=1e-12)
 
 

@@ -54,11 +54,11 @@ def test_efficient_equals_exhaustive_on_well_separated_inputs(num_outputs: int, 
     refs = torch.einsum("bnm,bmchw->bnchw", planted, ests)
     refs = refs + 1e-3 * torch.randn(refs.shape, generator=gen, dtype=torch.float64)
 
-    mats_eff = efficient_assignment(refs, ests)
+    mats_eff = efficient_assignment(ests, refs)
     assert torch.equal(mats_eff, planted)
 
-    loss_exh, mats_exh = mixit_loss(refs, ests, loss_fn)
-    loss_eff, mats_eff2 = mixit_loss(refs, ests, loss_fn, assignment="efficient")
+    loss_exh, mats_exh = mixit_loss(ests, refs, loss_fn)
+    loss_eff, mats_eff2 = mixit_loss(ests, refs, loss_fn, assignment="efficient")
     assert torch.equal(mats_exh, planted)
     assert torch.equal(mats_eff2, mats_exh)
     assert loss_eff.shape == (batch,)
@@ -69,9 +69,9 @@ def test_efficient_mixit_loss_is_the_loss_of_its_matrix_with_gradient() -> None:
     gen = torch.Generator().manual_seed(7)
     refs = torch.randn(5, 2, 12, generator=gen, dtype=torch.float64)
     ests = torch.randn(5, 4, 12, generator=gen, dtype=torch.float64, requires_grad=True)
-    loss, mats = mixit_loss(refs, ests, squared_error, assignment="efficient")
+    loss, mats = mixit_loss(ests, refs, squared_error, assignment="efficient")
     assert not mats.requires_grad  # a discrete choice: no gradient through A
-    want = squared_error(refs, torch.einsum("bnm,bmt->bnt", mats, ests.detach())).sum(-1)
+    want = squared_error(torch.einsum("bnm,bmt->bnt", mats, ests.detach()), refs).sum(-1)
     torch.testing.assert_close(loss.detach(), want, rtol=1e-12, atol=1e-12)
     loss.sum().backward()
     assert ests.grad is not None and torch.isfinite(ests.grad).all()
@@ -106,7 +106,7 @@ def _degenerate_cases() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
 @pytest.mark.parametrize("case", sorted(_degenerate_cases()))
 def test_efficient_assignment_is_always_a_valid_binary_matrix(case: str) -> None:
     refs, ests = _degenerate_cases()[case]
-    mats = efficient_assignment(refs, ests)
+    mats = efficient_assignment(ests, refs)
     _assert_valid_binary(mats, refs.shape[0], 2, ests.shape[1])
     assert mats.dtype == ests.dtype
     if case == "duplicated_outputs":  # identical outputs go to the same reference
@@ -118,14 +118,15 @@ def test_efficient_assignment_is_always_a_valid_binary_matrix(case: str) -> None
 def test_efficient_assignment_many_outputs_and_unknown_name() -> None:
     gen = torch.Generator().manual_seed(12)
     refs = torch.randn(3, 2, 40, generator=gen)
-    ests = torch.randn(3, 20, 40, generator=gen)  # 2^20 matrices: exhaustive search refuses
-    loss, mats = mixit_loss(refs, ests, squared_error, assignment="efficient")
-    _assert_valid_binary(mats, 3, 2, 20)
+    # 2^40 matrices: the exhaustive search's table (2^40 x 2 x 40 float64) does not fit
+    ests = torch.randn(3, 40, 40, generator=gen)
+    loss, mats = mixit_loss(ests, refs, squared_error, assignment="efficient")
+    _assert_valid_binary(mats, 3, 2, 40)
     assert torch.isfinite(loss).all()
-    with pytest.raises(ValueError):
-        mixit_loss(refs, ests, squared_error)
+    with pytest.raises(ValueError, match="mixit.assignment=efficient"):
+        mixit_loss(ests, refs, squared_error)
     with pytest.raises(ValueError, match="exhaustive.*efficient"):
-        mixit_loss(refs[:, :, :4], ests[:, :4, :4], squared_error, assignment="greedy")
+        mixit_loss(ests[:, :4, :4], refs[:, :, :4], squared_error, assignment="greedy")
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,10 +299,12 @@ def test_config_reads_options_and_rejects_bad_values() -> None:
             resolve_config("mixit", "mnist", 0, "smoke", parse_overrides(items))
     with pytest.raises(ConfigError, match="mixit.sparsity=l1"):  # a weight without a loss
         resolve_config("mixit", "mnist", 0, "smoke", parse_overrides(["mixit.sparsity_weight=23"]))
-    with pytest.raises(ConfigError, match="efficient"):  # 2^17 matrices
-        resolve_config("mixit", "mnist", 0, "smoke", parse_overrides(["mixit.num_outputs=17"]))
+    # M = 16 (2^16 matrices) fits; M = 40 (a table of 2^40 x 2 x 40 float64) does not
+    resolve_config("mixit", "mnist", 0, "smoke", parse_overrides(["mixit.num_outputs=16"]))
+    with pytest.raises(ConfigError, match="mixit.assignment=efficient"):
+        resolve_config("mixit", "mnist", 0, "smoke", parse_overrides(["mixit.num_outputs=40"]))
     resolve_config(
-        "mixit", "mnist", 0, "smoke", parse_overrides(["mixit.num_outputs=17", _OPTIONS[0]])
+        "mixit", "mnist", 0, "smoke", parse_overrides(["mixit.num_outputs=40", _OPTIONS[0]])
     )
 
 
@@ -316,7 +319,7 @@ def _method(data_root, overrides: list[str]) -> MixIT:
 def test_mixit_train_step_with_options_logs_the_terms(data_root) -> None:
     torch.manual_seed(0)
     method = _method(data_root, _OPTIONS)
-    logs = method.train_step(0, torch.Generator().manual_seed(0))
+    logs = {k: float(v) for k, v in method.train_step(0, torch.Generator().manual_seed(0)).items()}
     assert set(logs) == {"loss", "grad_norm", "mixit_loss", "sparsity", "covariance"}
     assert all(math.isfinite(v) for v in logs.values())
     # M = 4 outputs: C_l1/l2 lies in [1/4, 1/2].
@@ -327,7 +330,7 @@ def test_mixit_train_step_with_options_logs_the_terms(data_root) -> None:
     assert logs["loss"] == pytest.approx(want, rel=1e-5)
 
     l1 = _method(data_root, ["mixit.sparsity=l1", "mixit.sparsity_weight=2"])
-    logs = l1.train_step(0, torch.Generator().manual_seed(0))
+    logs = {k: float(v) for k, v in l1.train_step(0, torch.Generator().manual_seed(0)).items()}
     assert set(logs) == {"loss", "grad_norm", "mixit_loss", "sparsity"}
     assert logs["loss"] == pytest.approx(logs["mixit_loss"] + 2.0 * logs["sparsity"], rel=1e-5)
 

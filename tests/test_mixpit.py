@@ -134,8 +134,8 @@ def _brute_force_pit(refs, ests, loss) -> list[float]:
     return out
 
 
-def _snr_fn(r, e):
-    return negative_thresholded_snr(r, e, snr_max_db=30.0)
+def _snr_fn(e, r):
+    return negative_thresholded_snr(e, r, snr_max_db=30.0)
 
 
 @pytest.mark.parametrize("num", [2, 3])
@@ -143,10 +143,10 @@ def test_pit_loss_matches_brute_force(num):
     gen = torch.Generator().manual_seed(num)
     refs = torch.rand(6, num, 1, 4, 4, generator=gen, dtype=torch.float64)
     ests = torch.rand(6, num, 1, 4, 4, generator=gen, dtype=torch.float64)
-    loss, perm = pit_loss(refs, ests, _snr_fn)
+    loss, perm = pit_loss(ests, refs, _snr_fn)
     torch.testing.assert_close(loss, torch.tensor(_brute_force_pit(refs, ests, _snr)).double())
-    # perm[b, r] is the estimate matched with reference r
-    again = _snr_fn(refs, torch.gather(ests, 1, perm[:, :, None, None, None].expand_as(ests)))
+    # perm[b, k] is the reference matched with estimate k
+    again = _snr_fn(ests, torch.gather(refs, 1, perm[:, :, None, None, None].expand_as(refs)))
     torch.testing.assert_close(again.sum(-1), loss)
 
 
@@ -157,7 +157,7 @@ def test_mixpit_loss_matches_brute_force_over_the_two_reference_mixtures():
     estimates = mixtures.flip(1) + 0.1 * torch.randn(mixtures.shape, generator=gen).double()
     estimates[8:] = torch.rand(8, 2, 3, 8, 8, generator=gen, dtype=torch.float64)
     for loss_fn, single in ((_snr_fn, _snr), (squared_error, None)):
-        got = mixpit_loss(mixtures, estimates, loss_fn)
+        got = mixpit_loss(estimates, mixtures, loss_fn)
         if single is None:
 
             def single(r, e):
@@ -166,11 +166,11 @@ def test_mixpit_loss_matches_brute_force_over_the_two_reference_mixtures():
         expected = torch.tensor(_brute_force_pit(mixtures, estimates, single)).double()
         torch.testing.assert_close(got, expected)
     # the swapped-order estimates are matched swapped: loss far below the identity pairing
-    identity = _snr_fn(mixtures[:8], estimates[:8]).sum(-1)
-    assert (mixpit_loss(mixtures[:8], estimates[:8], _snr_fn) < identity - 10).all()
+    identity = _snr_fn(estimates[:8], mixtures[:8]).sum(-1)
+    assert (mixpit_loss(estimates[:8], mixtures[:8], _snr_fn) < identity - 10).all()
     # differentiable with respect to the estimates
     est = estimates.clone().requires_grad_(True)
-    mixpit_loss(mixtures, est, _snr_fn).sum().backward()
+    mixpit_loss(est, mixtures, _snr_fn).sum().backward()
     assert est.grad is not None and est.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="two mixtures"):
         mixpit_loss(torch.rand(2, 3, 4), torch.rand(2, 3, 4), _snr_fn)

@@ -152,16 +152,16 @@ def test_log_mse_threshold_and_relation_to_thresholded_snr() -> None:
     energy_db = 10 * torch.log10(ref.pow(2).sum(-1))
     # l = -SNR_tau + 10 log10 ||x||^2 (up to eps): same gradients and permutations as eq. (2)
     torch.testing.assert_close(
-        log_mse(ref, est, eps=0.0), negative_thresholded_snr(ref, est, eps=0.0) + energy_db
+        log_mse(est, ref, eps=0.0), negative_thresholded_snr(est, ref, eps=0.0) + energy_db
     )
     # a perfect estimate is floored at SNR_max below the reference energy
     torch.testing.assert_close(log_mse(ref, ref, 30.0, eps=0.0), energy_db - 30.0)
     # snr_max = inf: the literal SURF §5.1 loss 10 log10 ||x - x_hat||^2
     literal = 10 * torch.log10((ref - est).pow(2).sum(-1))
-    torch.testing.assert_close(log_mse(ref, est, math.inf, eps=0.0), literal)
-    cost = pairwise_log_mse(ref, est)
+    torch.testing.assert_close(log_mse(est, ref, math.inf, eps=0.0), literal)
+    cost = pairwise_log_mse(est, ref)  # [estimate, reference]
     assert cost.shape == (3, 2, 2)
-    torch.testing.assert_close(cost[:, 1, 0], log_mse(ref[:, [0]], est[:, [1]])[:, 0])
+    torch.testing.assert_close(cost[:, 1, 0], log_mse(est[:, [1]], ref[:, [0]])[:, 0])
 
 
 def test_supervised_regression_trains_on_clean_sources() -> None:
