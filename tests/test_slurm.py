@@ -372,3 +372,30 @@ def test_preempted_run_whose_job_left_the_queue_is_resubmitted_by_run(
     status = capsys.readouterr().out
     assert "2 done" in status and "not queued" not in status
     print(f"[preempted at step {step}, cancelled, resubmitted: {time.time() - started:.1f}s]")
+
+
+def test_plugin_method_and_task_run_as_slurm_jobs(slurm_cluster, data_root, tmp_path):
+    """A method and a task from another package (tests/plugin_example, imported with
+    --plugins, not installed) run as SLURM jobs: the runs record the plug-in modules, and the
+    jobs, on the node, import them before reading their config."""
+    source = tmp_path / "plugin_example"
+    shutil.copytree(REPO / "tests" / "plugin_example", source)
+    results = tmp_path / "results"
+    modules = "example_plugin.noisy_student,example_plugin.mnist3"
+    env = {**os.environ, "PYTHONPATH": f"{source}{os.pathsep}{REPO}"}  # exported to the jobs
+    command = [sys.executable, "-m", "benchmark", *smoke_argv(results, data_root)]
+    command += ["--methods", "noisy_student", "--task", "mnist3", "--executor", "slurm"]
+    command += ["--plugins", modules, "--wait"]
+    done = subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=DEADLINE_S
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "submitted 3 SLURM jobs in 2 job(s)/array(s)" in done.stdout, done.stdout
+    records = {d.parent.name: d for d in iter_run_dirs(results)}
+    assert set(records) == {"mixture", "mixit", "noisy_student"}
+    for method, run_dir in records.items():
+        record = RunRecord(run_dir)
+        assert record.state == "done", (method, record.status)
+        assert record.info["plugins"] == modules.split(",")
+        assert read_json(run_dir / "job.json")["scheduler"] == "slurm"
+    assert RunRecord(records["noisy_student"]).raw_config["task"]["num_sources"] == 3
