@@ -273,8 +273,10 @@ def test_second_invocation_waits_for_the_teacher_another_one_trains(data_root, t
 
 
 def test_progress_bar_from_the_first_iteration(data_root, tmp_path):
-    """With ``run`` on a terminal, its bar shows the training step and loss before the first
-    curve record (``train.log_every`` = 1000 > the 30 steps)."""
+    """With ``run`` on a terminal, its bar shows the training step from the first iterations,
+    before the first curve record (``train.log_every`` = 1000 > the 30 steps); the loss joins
+    it at the first record, when the losses are read from the device (issue 13: no host read
+    between records)."""
     results = tmp_path / "results"
     args = ["--methods", "mixit", "--task", "mnist", "--device", "cpu"]
     args += ["--set", "train.steps=30", "train.log_every=1000", "train.ckpt_every=1000"]
@@ -310,8 +312,8 @@ def test_progress_bar_from_the_first_iteration(data_root, tmp_path):
     reader.join(timeout=10)
     os.close(master)
     screen = b"".join(chunks).decode(errors="replace")
-    bars = re.findall(r"mixit/mnist/seed0 train:.*?\| *(\d+)/30 \[[^\]]*loss=([-\d.e]+)", screen)
-    steps = sorted({int(step) for step, _ in bars})
+    bars = re.findall(r"mixit/mnist/seed0 train:.*?\| *(\d+)/30 \[", screen)
+    steps = sorted({int(step) for step in bars})
     assert steps and steps[0] < 30, screen[-2000:]  # shown before the first curve record
 
 
