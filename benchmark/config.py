@@ -628,10 +628,9 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> list[tuple[str | None
 def _override_value(key: str, text: str) -> Any:
     """The value of ``--set key=text`` as OmegaConf's dotlist parser reads it (YAML scalars:
     ``500`` int, ``0.5`` float, ``true`` bool, ``[1,2]`` list, everything else a string)."""
+    section, name = key.split(".")
     try:
-        return OmegaConf.to_container(OmegaConf.from_dotlist([f"{key}={text}"]))[key.split(".")[0]][
-            key.split(".")[1]
-        ]
+        return OmegaConf.to_container(OmegaConf.from_dotlist([f"{key}={text}"]))[section][name]
     except OmegaConfBaseException as exc:
         raise ConfigError(f"--set {key}={text}: {_omegaconf_reason(exc)}") from None
 

@@ -314,13 +314,10 @@ def pit_inputs(
 
 
 def available_bytes() -> int:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 8 << 30
+    """Free host memory in bytes (the MixIT memory check's own reading)."""
+    from methods.mixit_assignment import available_memory
+
+    return available_memory("cpu")
 
 
 # --------------------------------------------------------------------------------------------
