@@ -414,6 +414,18 @@ def _mixture_reference(results_dir: Path, task: str, preset: str, metric: str, n
     return None
 
 
+def curve_label(method: str, variant: str, seeds: int, states: set[str]) -> str:
+    """A learning curve's legend entry: ``SURF (Self-Remixing) [beta=0.5] (3 seeds)``, then the
+    states of its runs that are not ``done``: ``(training)`` for a run being trained now
+    (``running``), its state for one that stopped (``preempted``, ``interrupted``, ...)."""
+    label = _display(method) + (f" [{variant}]" if variant else "")
+    label += f" ({seeds} seeds)" if seeds > 1 else ""
+    unfinished = sorted(states - {"done"})
+    if unfinished:
+        label += " (" + ", ".join("training" if x == "running" else x for x in unfinished) + ")"
+    return label
+
+
 def curves_figure(
     results_dir: Path,
     task: str,
@@ -475,10 +487,7 @@ def curves_figure(
         part = points[(points.method == method) & (points.variant == variant)]
         mean = part.groupby("step").agg(value=("value", "mean"), time=("train_time_s", "mean"))
         seeds = part.seed.nunique()
-        label = _display(method) + (f" [{variant}]" if variant else "")
-        label += f" ({seeds} seeds)" if seeds > 1 else ""
-        if (part.state != "done").any():
-            label += " (training)"
+        label = curve_label(method, variant, seeds, set(part.state))
         axes[0].plot(mean.index, mean.value, marker=".", color=colour, label=label)
         axes[1].plot(mean.time / 60.0, mean.value, marker=".", color=colour)
         methods_drawn.setdefault(method, colour)

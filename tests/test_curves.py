@@ -59,3 +59,16 @@ def test_curves_figure_draws_every_method(data_root, tmp_path, capsys):
         assert image.size[0] > 1000 and image.size[1] > 400
     assert main([*args, "--task", "cifar10"]) == 2  # no curves there: one clear line
     assert "--set eval.every=N" in capsys.readouterr().err
+
+
+def test_curve_label_names_a_stopped_run_by_its_state():
+    from benchmark.figures import curve_label
+
+    assert curve_label("mixit", "", 1, {"done"}) == "MixIT"
+    assert curve_label("surf_sr", "beta=0.5", 3, {"done", "running"}).endswith(
+        " [beta=0.5] (3 seeds) (training)"
+    )
+    assert curve_label("mixit", "", 1, {"preempted"}) == "MixIT (preempted)"
+    assert curve_label("mixit", "", 2, {"interrupted", "running"}) == (
+        "MixIT (2 seeds) (interrupted, training)"
+    )
