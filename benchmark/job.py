@@ -24,7 +24,7 @@ from benchmark import CODE_VERSION
 from benchmark.config import RunConfig
 from benchmark.demo import write_demo_estimates
 from benchmark.perceptual_eval import needs_refresh, perceptual_stage
-from benchmark.preempt import Preempted, RunLocked, StopSignals, run_lock
+from benchmark.preempt import ParentWatch, Preempted, RunLocked, StopSignals, run_lock
 from benchmark.registry import get_method, get_task
 from benchmark.store import (
     METRICS_SCHEMA_VERSION,
@@ -580,7 +580,8 @@ def execute_run(
             f"run {path} is already being executed by another process (lock {lock.lock_file})"
         ) from None
     try:
-        with StopSignals() as stop:
+        # a local job also stops when the `run` process that started it is killed outright
+        with StopSignals() as stop, ParentWatch():
             return _execute_locked(path, data_root, device, stop, weights_dir, workers)
     finally:
         lock.release()

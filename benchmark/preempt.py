@@ -30,10 +30,16 @@ of the worker one second later, and print a traceback; the runner therefore star
 SIGINT and SIGHUP ignored (:data:`IGNORE_TERMINAL_SIGNALS`, a set-up line of the job's shell;
 ignored signals are inherited), and the job installs its own handlers for them while it runs
 (:class:`StopSignals`).
+
+A ``run`` process killed outright (``kill -9``, the OOM killer) forwards nothing. Its local
+jobs therefore watch it (:class:`ParentWatch`, told its pid by the set-up line
+:func:`parent_setup_line`): once it is gone, a job sends itself SIGTERM, checkpoints and records
+``preempted``, so no worker outlives its ``run`` and the same command resumes.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -47,6 +53,8 @@ from filelock import FileLock, Timeout
 __all__ = [
     "FORWARDED_SIGNALS",
     "IGNORE_TERMINAL_SIGNALS",
+    "PARENT_ENV",
+    "ParentWatch",
     "STOP_SIGNALS",
     "ForwardStops",
     "Preempted",
@@ -55,6 +63,7 @@ __all__ = [
     "StopSignals",
     "job_processes",
     "kill_job",
+    "parent_setup_line",
     "run_is_locked",
     "run_lock",
     "signal_job",
@@ -71,6 +80,93 @@ FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 IGNORE_TERMINAL_SIGNALS = "trap '' INT HUP"
 
 LOCK_NAME = ".run.lock"
+
+log = logging.getLogger("benchmark.preempt")
+
+#: environment variable of a local job: ``PID:START`` of the ``run`` process that started it
+PARENT_ENV = "BENCHMARK_RUN_PROCESS"
+
+
+def _start_time(pid: int) -> str | None:
+    """Process ``pid``'s start time in clock ticks since boot (``/proc/PID/stat`` field 22),
+    which tells a live process from a later one that reuses its pid; ``None`` when ``pid`` does
+    not exist or is a zombie, ``""`` where there is no ``/proc``."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        if Path("/proc/self").is_dir():
+            return None
+        try:  # no /proc: existence only
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return ""
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # "pid (comm) state ppid ...": comm may hold spaces
+    if fields[0] in ("Z", "X"):
+        return None
+    return fields[19]
+
+
+def parent_setup_line() -> str:
+    """The set-up line of a local job's shell that names this (the ``run``) process to it."""
+    return f"export {PARENT_ENV}={os.getpid()}:{_start_time(os.getpid()) or ''}"
+
+
+class ParentWatch:
+    """Context manager of a local job: a daemon thread that checks every ``interval_s`` seconds
+    whether the ``run`` process named in :data:`PARENT_ENV` still exists and, once it is gone
+    (killed with ``SIGKILL`` or by the OOM killer, so that it could forward no stop), sends this
+    process ``SIGTERM``: the job checkpoints at the next iteration boundary and records
+    ``preempted`` (:class:`StopSignals` must be installed). Does nothing without the variable
+    (SLURM jobs, in-process jobs).
+
+    Attributes:
+        parent: the watched pid, or None.
+        fired: whether the parent was found gone and the stop was sent.
+    """
+
+    def __init__(self, interval_s: float = 1.0, environ: dict[str, str] | None = None) -> None:
+        value = (os.environ if environ is None else environ).get(PARENT_ENV, "")
+        pid, _, start = value.partition(":")
+        self.parent = int(pid) if pid.isdigit() else None
+        self.start = start
+        self.interval_s = interval_s
+        self.fired = False
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def gone(self) -> bool:
+        """Whether the watched ``run`` process has ended (or its pid now names another one)."""
+        if self.parent is None:
+            return False
+        now = _start_time(self.parent)
+        return now is None or (bool(self.start) and bool(now) and now != self.start)
+
+    def _watch(self) -> None:
+        while not self._done.wait(self.interval_s):
+            if self.gone():
+                self.fired = True
+                log.warning(
+                    "the run process that started this job (pid %d) is gone: checkpointing",
+                    self.parent,
+                )
+                _kill(os.getpid(), signal.SIGTERM)
+                return
+
+    def __enter__(self) -> ParentWatch:
+        if self.parent is not None:
+            self._thread = threading.Thread(target=self._watch, name="parent-watch", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
 
 
 class Preempted(RuntimeError):

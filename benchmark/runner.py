@@ -28,6 +28,7 @@ from benchmark.preempt import (
     ForwardStops,
     RunJob,
     kill_job,
+    parent_setup_line,
     run_is_locked,
     signal_job,
 )
@@ -225,26 +226,45 @@ def _make_executor(name: str, results_dir: Path, timeout_min: int):
             else "unset CUDA_VISIBLE_DEVICES"
         )
         executor.update_parameters(
-            timeout_min=timeout_min, local_setup=[IGNORE_TERMINAL_SIGNALS, gpus]
+            timeout_min=timeout_min,
+            local_setup=[IGNORE_TERMINAL_SIGNALS, parent_setup_line(), gpus],
         )
     return executor
 
 
 class _Display:
-    """Progress of running jobs: tqdm bars on a terminal, one line per event otherwise."""
+    """Progress of running jobs: tqdm bars on a terminal; otherwise (a log file, a pipe, a batch
+    system's output) a plain line per run when its first progress arrives, then at most one
+    every :attr:`line_every_s` seconds, and one line per event.
 
-    def __init__(self) -> None:
-        self.tty = sys.stderr.isatty()
+    Args:
+        tty: draw bars (default: whether stderr is a terminal).
+        line_every_s: seconds between a run's progress lines when not on a terminal.
+    """
+
+    def __init__(self, tty: bool | None = None, line_every_s: float = 60.0) -> None:
+        self.tty = sys.stderr.isatty() if tty is None else tty
+        self.line_every_s = line_every_s
         self.bars: dict[Path, Any] = {}
+        self.lines: dict[Path, tuple[float, str, int]] = {}  # last line: time, phase, step
 
-    def poll(self, run: PlannedRun) -> None:
+    def poll(self, run: PlannedRun, since: float = 0.0) -> None:
+        """Show the progress the job of ``run`` wrote (``progress.json``) after ``since``
+        (``time.time()`` of its submission: an older file is a previous attempt's)."""
+        path = run.run_dir / "progress.json"
+        try:
+            if path.stat().st_mtime < since:
+                return
+        except OSError:
+            return
+        progress = read_json(path)
+        if not progress:
+            return
         if not self.tty:
+            self._line(run, progress)
             return
         from tqdm import tqdm
 
-        progress = read_json(run.run_dir / "progress.json")
-        if not progress:
-            return
         bar = self.bars.get(run.run_dir)
         desc = f"{run.label} {progress['phase']}"
         if bar is None or bar.total != progress["total"] or bar.desc != desc:
@@ -257,7 +277,25 @@ class _Display:
             bar.set_postfix(loss=f"{progress['loss']:.4g}", refresh=False)
         bar.refresh()
 
+    def _line(self, run: PlannedRun, progress: dict[str, Any]) -> None:
+        """``  progress mixit/ad96f0d7  train 430/1200 (36 %)  loss=-25.15``, when due."""
+        now, phase, step = time.monotonic(), progress["phase"], progress["step"]
+        last = self.lines.get(run.run_dir)
+        if last is not None:
+            if (phase, step) == last[1:] or (
+                phase == last[1] and now - last[0] < self.line_every_s
+            ):
+                return
+        self.lines[run.run_dir] = (now, phase, step)
+        total = max(int(progress["total"]), 1)
+        loss = f"  loss={progress['loss']:.4g}" if "loss" in progress else ""
+        print(
+            f"  progress {run.label:<28} {phase} {step}/{total} ({100 * step // total} %){loss}",
+            flush=True,
+        )
+
     def finish(self, run: PlannedRun, message: str | None) -> None:
+        self.lines.pop(run.run_dir, None)
         bar = self.bars.pop(run.run_dir, None)
         if bar is not None:
             bar.close()
@@ -469,7 +507,11 @@ def execute_plan(
             slot = pool.acquire()
             # the job's shell sets the variable before Python starts (public local API)
             executor.update_parameters(
-                local_setup=[IGNORE_TERMINAL_SIGNALS, f"export CUDA_VISIBLE_DEVICES={slot}"]
+                local_setup=[
+                    IGNORE_TERMINAL_SIGNALS,
+                    parent_setup_line(),
+                    f"export CUDA_VISIBLE_DEVICES={slot}",
+                ]
             )
         run.job = executor.submit(
             RunJob(),
@@ -488,7 +530,7 @@ def execute_plan(
             run = item.run
             if not (executor_name == "debug" or run.job.done()):
                 if stops.signum is None:
-                    display.poll(run)
+                    display.poll(run, item.started)
                 continue
             result = None
             # the worker writes its result (or exception) before it exits, and the job ends

@@ -138,9 +138,14 @@ def _resume_and_compare(results: Path, data_root: Path, run_dir: Path, reference
     return (run_dir / "log.txt").read_text()
 
 
-def test_sigterm_to_run_alone_checkpoints_its_worker_then_same_command_resumes(
-    data_root, tmp_path, reference
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_stopping_the_run_process_alone_checkpoints_its_worker_then_same_command_resumes(
+    data_root, tmp_path, reference, signum
 ):
+    """SIGTERM (``kill PID``, ``timeout``): ``run`` forwards it and says so. SIGKILL (``kill -9``,
+    the OOM killer): ``run`` can do nothing; its worker notices within its watch interval
+    (:class:`benchmark.preempt.ParentWatch`). Either way no worker is left and the worker
+    checkpointed."""
     results = tmp_path / "results"
     proc = _start(results, data_root, *MIXIT)
     try:
@@ -148,20 +153,27 @@ def test_sigterm_to_run_alone_checkpoints_its_worker_then_same_command_resumes(
         status = read_status(run_dir)
         worker, controller = status["pid"], int(status["job_id"])
         assert worker != proc.pid and _alive(worker)
-        os.kill(proc.pid, signal.SIGTERM)  # the run process alone, as `kill PID` or `timeout`
+        os.kill(proc.pid, signum)  # the run process alone
         out, _ = proc.communicate(timeout=180)
+        left_when_run_returned = _alive(worker) or _alive(controller)
+        _wait_for(lambda: not _alive(worker) and not _alive(controller), "the worker to end", 120)
     finally:
         proc.kill()
-    assert proc.returncode == 143, out
-    assert "stopped by SIGTERM: 1 run checkpointed (preempted)" in out
-    assert "the same command resumes" in out and "Traceback" not in out
-    assert not _alive(worker) and not _alive(controller)  # no worker outlives its run
+    if signum == signal.SIGTERM:
+        assert proc.returncode == 143, out
+        assert "stopped by SIGTERM: 1 run checkpointed (preempted)" in out
+        assert "the same command resumes" in out and "Traceback" not in out
+        assert not left_when_run_returned  # no worker outlives its run
+    else:
+        assert proc.returncode == -signal.SIGKILL
     status = read_status(run_dir)
     assert status["state"] == "preempted" and status["signal"] == "SIGTERM", status
     step = torch.load(run_dir / "checkpoint.pt", weights_only=False)["step"]
     assert status["step"] == step and 1 <= step < 40
     log = _resume_and_compare(results, data_root, run_dir, reference)
     assert f"resumed from checkpoint at step {step}/40" in log
+    if signum == signal.SIGKILL:
+        assert f"(pid {proc.pid}) is gone: checkpointing" in log
 
 
 def test_ctrl_c_prints_one_line_and_the_run_is_checkpointed(data_root, tmp_path):
@@ -178,7 +190,8 @@ def test_ctrl_c_prints_one_line_and_the_run_is_checkpointed(data_root, tmp_path)
     assert proc.returncode == 130, out
     lines = out.strip().splitlines()
     assert lines[0].startswith("benchmark run: task=mnist")  # the start-up line
-    assert lines[1:] == [
+    # not on a terminal: a progress line may come before the stop
+    assert [x for x in lines[1:] if not x.startswith("  progress mixit/mnist/seed0 train ")] == [
         "interrupted (Ctrl-C): 1 run checkpointed (preempted), 1 run not started; "
         "the same command resumes them"
     ], out
@@ -214,6 +227,59 @@ def test_kill_9_of_the_worker_is_interrupted_and_resumes_without_a_flag(
     assert " interrupted " in capsys.readouterr().out
     log = _resume_and_compare(results, data_root, run_dir, reference)
     assert f"resumed from checkpoint at step {step}/40" in log
+
+
+def test_parent_watch_tells_the_live_run_process_from_a_gone_or_reused_pid():
+    from benchmark.preempt import PARENT_ENV, ParentWatch
+
+    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        start = Path(f"/proc/{parent.pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        watch = ParentWatch(environ={PARENT_ENV: f"{parent.pid}:{start}"})
+        assert watch.parent == parent.pid and not watch.gone()
+        # the same pid with another start time: a later process that reuses the number
+        assert ParentWatch(environ={PARENT_ENV: f"{parent.pid}:1"}).gone()
+    finally:
+        parent.kill()
+        parent.wait()
+    assert watch.gone()
+    unwatched = ParentWatch(environ={})  # SLURM and in-process jobs: nothing to watch
+    assert unwatched.parent is None and not unwatched.gone()
+    with unwatched:
+        assert unwatched._thread is None
+
+
+def _maps(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return ""
+
+
+def test_ctrl_c_while_the_command_line_starts_prints_one_line(tmp_path):
+    """A Ctrl-C during the seconds of importing torch, before any command runs."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmark", "list"],
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # torch's first shared library is mapped: its import (seconds of Python) is under way
+        _wait_for(
+            lambda: proc.poll() is not None or "libc10" in _maps(proc.pid),
+            "torch to start loading",
+            60,
+        )
+        os.kill(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines() == ["interrupted (Ctrl-C) while starting; nothing was run"]
 
 
 def _lines(proc: subprocess.Popen, into: list[str]) -> threading.Thread:
@@ -315,6 +381,27 @@ def test_progress_bar_from_the_first_iteration(data_root, tmp_path):
     bars = re.findall(r"mixit/mnist/seed0 train:.*?\| *(\d+)/30 \[", screen)
     steps = sorted({int(step) for step in bars})
     assert steps and steps[0] < 30, screen[-2000:]  # shown before the first curve record
+
+
+def test_progress_lines_when_not_on_a_terminal(data_root, tmp_path):
+    """With ``run``'s output going to a file or a pipe (nohup, a batch system), a plain line
+    says how far training is as soon as the job reports its first iterations."""
+    results = tmp_path / "results"
+    args = ["--methods", "mixit", "--task", "mnist", "--device", "cpu", "--set", "train.steps=30"]
+    proc = _start(results, data_root, *args)
+    try:
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    lines = out.splitlines()
+    pattern = re.compile(r"  progress mixit/mnist/seed0 +train \d+/30 ")
+    progress = [i for i, x in enumerate(lines) if pattern.match(x)]
+    (done,) = [i for i, x in enumerate(lines) if x.startswith("  done     mixit/mnist/seed0")]
+    assert progress and progress[0] < done, out
+    step = int(re.search(r"train (\d+)/30", lines[progress[0]]).group(1))
+    assert step < 30, out  # shown while training, not only at the end
+    assert "\r" not in out and "\x1b" not in out  # no bar drawn into a file
 
 
 def test_closing_lines_name_what_failed_and_where_its_log_is(data_root, tmp_path, capsys):
