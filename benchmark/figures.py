@@ -18,6 +18,7 @@ separations like SURF Figure 2.
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -83,10 +84,15 @@ def _ablation_plot(
     study: Study, summary: pd.DataFrame, paper: pd.DataFrame, methods: list[str], title: str
 ):
     metrics = [m for m in _METRIC_LABELS if m in set(summary.metric)]
+    methods = [m for m in methods if m in set(summary.method)]  # no legend entry without points
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     labels = [study.label(v) for v in study.values]
     for ax, metric in zip(axes[0], metrics, strict=True):
+        if study.name != "beta":
+            # the whole grid on the axis, also while only some of its points have runs
+            grid = [_x(study, v) for v in study.values]
+            ax.set_xlim(min(grid) / 1.5, max(grid) * 1.5)
         for i, method in enumerate(methods):
             color = colors[i % len(colors)]
             part = summary[(summary.method == method) & (summary.metric == metric)]
@@ -123,7 +129,7 @@ def _ablation_plot(
         ax.set_ylabel(_METRIC_LABELS[metric])
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(textwrap.fill(title, 55 * len(metrics)), fontsize=10)
     fig.tight_layout()
     return fig
 

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 import torchvision
+from helpers import smoke_argv
 from PIL import Image
 
 from benchmark.ablation import STUDIES, plan_ablation, point_overrides
@@ -209,3 +210,40 @@ def test_bad_input_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "'mixit' runs have no 'surf' section" in err
     assert "studies that apply to 'mixit': batch" in err
+
+
+def test_ablation_figure_of_a_study_with_only_its_main_table_point(
+    data_root, tmp_path, monkeypatch
+):
+    """Before an ablation is run, a study's grid holds only the main-table run (the preset's own
+    value): its figure shows that one point on the whole grid's axis, without warnings, and its
+    legend names only methods that have points."""
+    import warnings
+
+    import benchmark.figures as figures
+
+    results = tmp_path / "results"
+    args = ["--methods", "surf_sr", "--task", "mnist", "--executor", "debug", "--set", *SET]
+    assert main(smoke_argv(results, data_root, *args)) == 0
+    legends: dict[str, list[str]] = {}
+    save = figures._save
+
+    def recording_save(fig, path, dpi):
+        legends[Path(path).name] = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        return save(fig, path, dpi)
+
+    monkeypatch.setattr(figures, "_save", recording_save)
+    overrides = parse_overrides(SET)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. matplotlib's singular-limits warning
+        written = figures.ablation_figures(
+            results, tmp_path / "figs", "mnist", "smoke", ["surf_sr", "surf_rm"], None, overrides
+        )
+    assert {p.name for p in written} == {
+        "ablation_ema_mnist_smoke.png",
+        "ablation_beta_mnist_smoke.png",
+    }
+    assert all(labels == ["SURF (Self-Remixing)"] for labels in legends.values()), legends
+    for png in written:
+        with Image.open(png) as img:
+            img.verify()
