@@ -310,7 +310,7 @@ def _corrupt_copy(store: Path, tmp_path: Path, name: str) -> tuple[Path, Path]:
     return results, victim
 
 
-@pytest.mark.parametrize("name", ["config.json", "status.json", "job.json"])
+@pytest.mark.parametrize("name", ["config.json", "status.json", "metrics.json", "job.json"])
 def test_status_lists_the_other_runs_and_names_the_corrupt_file(store, tmp_path, capsys, name):
     results, victim = _corrupt_copy(store, tmp_path, name)
     assert main(["status", "--results-dir", str(results)]) == 0
