@@ -278,7 +278,7 @@ class _Display:
         bar.refresh()
 
     def _line(self, run: PlannedRun, progress: dict[str, Any]) -> None:
-        """``  progress mixit/ad96f0d7  train 430/1200 (36 %)  loss=-25.15``, when due."""
+        """``  progress mixit/cifar10/seed0  train 430/1200 (35 %)  loss=-25.15``, when due."""
         now, phase, step = time.monotonic(), progress["phase"], progress["step"]
         last = self.lines.get(run.run_dir)
         if last is not None:
