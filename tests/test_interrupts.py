@@ -257,7 +257,11 @@ def _maps(pid: int) -> str:
 
 
 def test_ctrl_c_while_the_command_line_starts_prints_one_line(tmp_path):
-    """A Ctrl-C during the seconds of importing torch, before any command runs."""
+    """A Ctrl-C during the seconds of importing torch, before any command runs.
+
+    The child gets SIGINT's default disposition: started in the background by a shell without
+    job control (as CI may start the suite), the tests inherit SIGINT ignored, and Python then
+    leaves it ignored (no KeyboardInterrupt at all)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "benchmark", "list"],
         cwd=REPO,
@@ -265,6 +269,7 @@ def test_ctrl_c_while_the_command_line_starts_prints_one_line(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         # torch's first shared library is mapped: its import (seconds of Python) is under way
