@@ -40,6 +40,7 @@ __all__ = [
     "check_output_file",
     "check_results_dir",
     "check_task_data",
+    "check_store_files",
     "find_corrupt_runs",
     "preflight",
     "safe_state",
@@ -201,28 +202,37 @@ def check_results_dir(path: Path, setting: str = "--results-dir") -> None:
     )
 
 
+def check_store_files(run_dir: Path) -> None:
+    """Parse every store file (:data:`STORE_JSON_FILES`) of one run folder. A file that does
+    not exist is fine (a run not started yet).
+
+    Raises:
+        CorruptStoreFile: the first file that is not valid JSON of the expected shape (named).
+    """
+    run_dir = Path(run_dir)
+    for name in STORE_JSON_FILES:
+        data = read_object(run_dir / name)
+        if name == "config.json" and data is not None:
+            if not isinstance(data.get("config"), dict):
+                raise CorruptStoreFile(run_dir / name, "no 'config' object")
+    read_status(run_dir)  # a 'state' string
+
+
 def find_corrupt_runs(runs: list) -> dict[Path, CorruptStoreFile]:
-    """Parse every store file (:data:`STORE_JSON_FILES`) of the planned runs' folders.
+    """:func:`check_store_files` of the planned runs' folders.
 
     Args:
         runs: :class:`benchmark.runner.PlannedRun` (anything with ``run_dir``).
 
     Returns:
-        ``{run_dir: first corrupt file's error}``; empty when all parse. A file that does not
-        exist is fine (a run not started yet).
+        ``{run_dir: first corrupt file's error}``; empty when all parse.
     """
     corrupt: dict[Path, CorruptStoreFile] = {}
     for run in runs:
-        run_dir = Path(run.run_dir)
         try:
-            for name in STORE_JSON_FILES:
-                data = read_object(run_dir / name)
-                if name == "config.json" and data is not None:
-                    if not isinstance(data.get("config"), dict):
-                        raise CorruptStoreFile(run_dir / name, "no 'config' object")
-            read_status(run_dir)  # a 'state' string
+            check_store_files(run.run_dir)
         except CorruptStoreFile as exc:
-            corrupt[run_dir] = exc
+            corrupt[Path(run.run_dir)] = exc
     return corrupt
 
 

@@ -84,7 +84,8 @@ def _ablation_plot(
     study: Study, summary: pd.DataFrame, paper: pd.DataFrame, methods: list[str], title: str
 ):
     metrics = [m for m in _METRIC_LABELS if m in set(summary.metric)]
-    methods = [m for m in methods if m in set(summary.method)]  # no legend entry without points
+    with_points = set(summary.method)
+    methods = [m for m in methods if m in with_points]  # no legend entry without points
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     labels = [study.label(v) for v in study.values]

@@ -87,28 +87,34 @@ log = logging.getLogger("benchmark.preempt")
 PARENT_ENV = "BENCHMARK_RUN_PROCESS"
 
 
-def _start_time(pid: int) -> str | None:
-    """Process ``pid``'s start time in clock ticks since boot (``/proc/PID/stat`` field 22),
-    which tells a live process from a later one that reuses its pid; ``None`` when ``pid`` does
-    not exist or is a zombie, ``""`` where there is no ``/proc``."""
+def _stat_fields(pid: int | str) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (state, ppid, ..., so field
+    ``n`` of proc(5) is index ``n - 3``), or ``None`` when it cannot be read (the process has
+    exited, or there is no ``/proc``)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()  # comm may be any bytes
+    except OSError:
+        return None
+    # "pid (comm) state ppid ...": comm may hold spaces and parentheses
+    return stat.rsplit(b")", 1)[1].decode("ascii").split()
+
+
+def _start_time(pid: int) -> str | None:
+    """Process ``pid``'s start time in clock ticks since boot (proc(5) field 22), which tells a
+    live process from a later one that reuses its pid; ``None`` when ``pid`` does not exist or
+    is a zombie, ``""`` where there is no ``/proc`` (then only its existence is checked)."""
+    fields = _stat_fields(pid)
+    if fields is None:
         if Path("/proc/self").is_dir():
             return None
-        try:  # no /proc: existence only
+        try:
             os.kill(pid, 0)
         except ProcessLookupError:
             return None
         except PermissionError:
             pass
         return ""
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()  # "pid (comm) state ppid ...": comm may hold spaces
-    if fields[0] in ("Z", "X"):
-        return None
-    return fields[19]
+    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 def parent_setup_line() -> str:
@@ -126,7 +132,6 @@ class ParentWatch:
 
     Attributes:
         parent: the watched pid, or None.
-        fired: whether the parent was found gone and the stop was sent.
     """
 
     def __init__(self, interval_s: float = 1.0, environ: dict[str, str] | None = None) -> None:
@@ -135,7 +140,6 @@ class ParentWatch:
         self.parent = int(pid) if pid.isdigit() else None
         self.start = start
         self.interval_s = interval_s
-        self.fired = False
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -149,7 +153,6 @@ class ParentWatch:
     def _watch(self) -> None:
         while not self._done.wait(self.interval_s):
             if self.gone():
-                self.fired = True
                 log.warning(
                     "the run process that started this job (pid %d) is gone: checkpointing",
                     self.parent,
@@ -327,13 +330,10 @@ def job_processes(root: int) -> list[tuple[int, list[str]]]:
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
-        try:
-            stat = (entry / "stat").read_bytes()
-        except OSError:
+        fields = _stat_fields(entry.name)
+        if fields is None:
             continue  # exited meanwhile
-        # "pid (comm) state ppid ...": comm may hold spaces and parentheses
-        ppid = int(stat.rsplit(b")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
     out: list[tuple[int, list[str]]] = []
     todo = [root]
     while todo:

@@ -235,16 +235,13 @@ def _make_executor(name: str, results_dir: Path, timeout_min: int):
 class _Display:
     """Progress of running jobs: tqdm bars on a terminal; otherwise (a log file, a pipe, a batch
     system's output) a plain line per run when its first progress arrives, then at most one
-    every :attr:`line_every_s` seconds, and one line per event.
+    every :attr:`line_every_s` seconds in a phase, and one line per event."""
 
-    Args:
-        tty: draw bars (default: whether stderr is a terminal).
-        line_every_s: seconds between a run's progress lines when not on a terminal.
-    """
+    #: seconds between a run's progress lines when not on a terminal
+    line_every_s = 60.0
 
-    def __init__(self, tty: bool | None = None, line_every_s: float = 60.0) -> None:
-        self.tty = sys.stderr.isatty() if tty is None else tty
-        self.line_every_s = line_every_s
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
         self.bars: dict[Path, Any] = {}
         self.lines: dict[Path, tuple[float, str, int]] = {}  # last line: time, phase, step
 

@@ -6,8 +6,8 @@ the scheduler job id, the scheduler's own state while the job is queued (``squeu
 last line of its error. A ``running`` run whose job is gone (no lock held, not in the queue) is
 shown as ``stale``: a killed job; the next ``run`` resumes it from its checkpoint.
 
-A run folder with a corrupt store file (truncated or hand-edited JSON; for a ``done`` run also its
-``metrics.json``, which ``table`` reads) is listed as ``corrupt``
+A run folder with a corrupt store file (truncated or hand-edited JSON, any file that ``run``
+checks: :func:`benchmark.checks.check_store_files`) is listed as ``corrupt``
 and named with the file below the table; the other runs are listed as usual. ``run --dry-run``
 shows such runs as ``corrupt`` too (``run`` itself refuses to start while they are:
 :func:`benchmark.checks.preflight`).
@@ -48,14 +48,14 @@ def status_rows(results_dir: Path) -> list[dict[str, str]]:
     for a ``preempted`` run that no job will resume (not queued, not executing): the next
     ``run`` resubmits it.
     """
+    from benchmark.checks import check_store_files
     from benchmark.slurm import JOB_FILE, queue_states
 
     def read_row(run_dir: Path) -> dict[str, str]:
+        check_store_files(run_dir)  # the files `run` refuses to start over (checks.preflight)
         cfg = RunRecord(run_dir).raw_config
         status = read_status(run_dir)
         job = read_object(run_dir / JOB_FILE, {})
-        if status["state"] == "done":
-            read_object(run_dir / "metrics.json", {})  # what `table` reads of a finished run
         return {
             "task": run_dir.parent.parent.name,
             "method": run_dir.parent.name,
